@@ -1,0 +1,101 @@
+"""create_app: the ASGI application. Its lifespan builds the broker and hub, and ends them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.broker import Broker, connect
+from gateway.config import Settings
+from gateway.errors import GatewayError, error_response
+from gateway.hub import Hub
+from gateway.routes import routes
+
+log = logging.getLogger("gateway.app")
+
+
+def create_app(settings: Settings, *, on_shutdown: Callable[[], None] | None = None) -> Starlette:
+    """The gateway for ``settings.redis_url``; ``on_shutdown`` runs last, after every stream has ended."""
+    if settings.redis_url is None:
+        raise ValueError("create_app needs settings.redis_url; the CLI starts an embedded server when it is unset")
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        client = connect(settings.redis_url)
+        hub = Hub(Broker(client, settings), settings.redis_url)
+        await hub.start()
+        app.state.settings = settings
+        app.state.hub = hub
+        restore_signals = _drain_on_exit_signals(hub)
+        try:
+            yield
+        finally:
+            restore_signals()
+            await hub.stop()
+            await client.aclose()
+            if on_shutdown is not None:
+                on_shutdown()
+
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={GatewayError: _gateway_error, HTTPException: _http_error, Exception: _internal_error},
+    )
+
+
+def _drain_on_exit_signals(hub: Hub) -> Callable[[], None]:
+    """Drain the hub on SIGTERM/SIGINT, before the server's own handler runs.
+
+    uvicorn waits for open responses before it runs the lifespan shutdown, and SSE responses never end by
+    themselves, so the app must end them when the signal arrives. The server's handler is chained, not replaced.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    loop = asyncio.get_running_loop()
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def on_signal(signum: int, frame: object) -> None:
+        loop.call_soon_threadsafe(hub.drain)
+        handler = previous[signal.Signals(signum)]
+        if callable(handler):
+            handler(signum, frame)
+        elif handler == signal.SIG_DFL and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+
+    for sig in previous:
+        signal.signal(sig, on_signal)
+
+    def restore() -> None:
+        for sig, handler in previous.items():
+            if signal.getsignal(sig) is on_signal:
+                signal.signal(sig, handler)
+
+    return restore
+
+
+async def _gateway_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, GatewayError)
+    return exc.response()
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    response = error_response(exc.status_code, code, f"{exc.detail}: {request.method} {request.url.path}")
+    if exc.headers:
+        response.headers.update(exc.headers)
+    return response
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response(500, "internal", "the gateway failed to handle this request; see its log")

@@ -1,0 +1,95 @@
+"""Redis commands the gateway sends: the atomic publish script, replay-buffer reads, health.
+
+Every Redis failure surfaces as RedisUnavailable, so callers handle one error family.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from importlib import resources
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from gateway.config import Settings
+from gateway.cursor import ZERO, StreamId, format_stream_id, parse_stream_id
+from gateway.errors import RedisUnavailable
+from gateway.naming import Naming
+
+log = logging.getLogger("gateway.broker")
+
+PUBLISH_SCRIPT = resources.files("gateway").joinpath("publish.lua").read_text()
+BACKLOG_PAGE = 500
+
+Entry = tuple[bytes, dict[bytes, bytes]]
+
+
+def connect(url: str, *, max_connections: int = 64) -> aioredis.Redis:
+    """A client whose pool waits for a free connection instead of failing past its size."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=5, socket_timeout=5, health_check_interval=10, **tcp_options(url)
+    )
+    return aioredis.Redis(connection_pool=pool)
+
+
+def tcp_options(url: str) -> dict[str, object]:
+    """Connect timeout and keepalive, which only TCP connections take (a unix socket refuses them)."""
+    if url.startswith("unix:"):
+        return {}
+    return {"socket_connect_timeout": 2, "socket_keepalive": True}
+
+
+class Broker:
+    def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
+        self.client = client
+        self.naming = Naming(settings.key_prefix)
+        self._maxlen = settings.buffer_maxlen
+        self._max_age_ms = int(settings.buffer_max_age * 1000)
+        self._publish = client.register_script(PUBLISH_SCRIPT)
+
+    async def publish(self, channel: str, data: str, event_type: str | None = None) -> str:
+        """Append to the buffer and publish live, atomically; returns the stream id. Raises RedisUnavailable."""
+        keys = [self.naming.stream_key(channel), self.naming.pubsub_channel(channel)]
+        args = [self._maxlen, self._max_age_ms, event_type or "", data]
+        try:
+            stream_id = await self._publish(keys=keys, args=args)
+        except (RedisError, OSError) as exc:
+            raise RedisUnavailable(f"Redis is unreachable; the event was not published ({exc})") from exc
+        return stream_id.decode() if isinstance(stream_id, bytes) else str(stream_id)
+
+    async def tail(self, channel: str) -> StreamId:
+        """The id of the newest buffered entry, or 0-0 for an empty channel."""
+        try:
+            newest = await self.client.xrevrange(self.naming.stream_key(channel), count=1)
+        except (RedisError, OSError) as exc:
+            raise RedisUnavailable(f"Redis is unreachable ({exc})") from exc
+        return parse_stream_id(newest[0][0].decode()) if newest else ZERO
+
+    async def backlog(self, channel: str, after: StreamId) -> AsyncIterator[list[Entry]]:
+        """Pages of buffered entries newer than ``after``, oldest first."""
+        key = self.naming.stream_key(channel)
+        start = "(" + format_stream_id(after)
+        while True:
+            try:
+                page = await self.client.xrange(key, min=start, max="+", count=BACKLOG_PAGE)
+            except (RedisError, OSError) as exc:
+                raise RedisUnavailable(f"Redis is unreachable ({exc})") from exc
+            if not page:
+                return
+            yield page
+            if len(page) < BACKLOG_PAGE:
+                return
+            start = "(" + page[-1][0].decode()
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self.client.ping())
+        except (RedisError, OSError):
+            return False
+
+
+def previous_id(fields: dict[bytes, bytes]) -> StreamId | None:
+    """The id of the entry written before this one; None when it was the first of its stream."""
+    raw = fields.get(b"p", b"")
+    return parse_stream_id(raw.decode()) if raw else None

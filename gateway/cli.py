@@ -1,0 +1,120 @@
+"""The ``sse-gateway`` command: serve, publish, listen. Parsing and wiring only; the logic lives elsewhere."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from gateway.config import Settings
+
+DEFAULT_GATEWAY_URL = "http://127.0.0.1:8000"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    return args.run(args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sse-gateway", description="Redis Pub/Sub channels as Server-Sent Events.")
+    parser.set_defaults(command=None)
+    commands = parser.add_subparsers(title="commands")
+
+    serve = commands.add_parser("serve", help="run the gateway (default 127.0.0.1:8000)")
+    serve.add_argument("--host", help="address to bind (SSE_GATEWAY_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (SSE_GATEWAY_PORT, default 8000)")
+    serve.add_argument("--workers", type=int, help="worker processes (SSE_GATEWAY_WORKERS, default 1)")
+    serve.add_argument("--redis-url", help="Redis to use (SSE_GATEWAY_REDIS_URL); unset: start an embedded one")
+    serve.add_argument("--key-prefix", help="prefix of Redis keys and channels (SSE_GATEWAY_KEY_PREFIX, default sse:)")
+    serve.add_argument("--buffer-maxlen", type=int, help="replay entries kept per channel (default 1000)")
+    serve.add_argument("--buffer-max-age", type=float, help="seconds replay entries are kept (default 3600)")
+    serve.add_argument("--heartbeat", type=float, help="seconds between heartbeat comments (default 15)")
+    serve.add_argument("--retry-ms", type=int, help="reconnect delay hinted to clients (default 3000)")
+    serve.add_argument("--max-channels", type=int, help="channels per connection (default 16)")
+    serve.add_argument("--max-body-bytes", type=int, help="largest publish body (default 1048576)")
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default info")
+    serve.set_defaults(command="serve", run=_serve)
+
+    publish = commands.add_parser("publish", help="publish one event")
+    publish.add_argument("channel")
+    publish.add_argument("data", help="the event's data; '-' reads standard input")
+    publish.add_argument("--event", help="event type")
+    publish.add_argument("--url", default=os.environ.get("SSE_GATEWAY_URL", DEFAULT_GATEWAY_URL), help="gateway URL")
+    publish.add_argument("--redis-url", help="publish straight into this Redis instead of through the gateway")
+    publish.set_defaults(command="publish", run=_publish)
+
+    listen = commands.add_parser("listen", help="print a stream's events, reconnecting with Last-Event-ID")
+    listen.add_argument("channels", nargs="+")
+    listen.add_argument("--url", default=os.environ.get("SSE_GATEWAY_URL", DEFAULT_GATEWAY_URL), help="gateway URL")
+    listen.add_argument("--last-event-id", help="resume after this id")
+    listen.add_argument("--json", action="store_true", help="one JSON object per event")
+    listen.set_defaults(command="listen", run=_listen)
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from gateway.server import serve
+
+    settings = Settings.from_env().replace(
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        redis_url=args.redis_url,
+        key_prefix=args.key_prefix,
+        buffer_maxlen=args.buffer_maxlen,
+        buffer_max_age=args.buffer_max_age,
+        heartbeat=args.heartbeat,
+        retry_ms=args.retry_ms,
+        max_channels=args.max_channels,
+        max_body_bytes=args.max_body_bytes,
+        log_level=args.log_level,
+    )
+    return serve(settings)
+
+
+def _publish(args: argparse.Namespace) -> int:
+    data = sys.stdin.read() if args.data == "-" else args.data
+    if args.redis_url:
+        result = asyncio.run(_publish_to_redis(args.redis_url, args.channel, data, args.event))
+    else:
+        from sse_gateway_client import GatewayClientError, publish
+
+        try:
+            result = publish(args.channel, data, event=args.event, base_url=args.url)
+        except GatewayClientError as exc:
+            print(f"sse-gateway publish: {exc}", file=sys.stderr)
+            return 1
+    print(json.dumps(result))
+    return 0
+
+
+async def _publish_to_redis(url: str, channel: str, data: str, event: str | None) -> dict[str, str]:
+    from gateway.broker import Broker, connect
+    from gateway.naming import validate_channel
+
+    client = connect(url)
+    try:
+        broker = Broker(client, Settings.from_env())
+        return {"channel": channel, "id": await broker.publish(validate_channel(channel), data, event)}
+    finally:
+        await client.aclose()
+
+
+def _listen(args: argparse.Namespace) -> int:
+    from sse_gateway_client.cli import run_listen
+
+    return run_listen(args.channels, args.url, args.last_event_id, args.json)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    logging.basicConfig()
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""One frozen Settings object, built from SSE_GATEWAY_* environment variables and CLI flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+ENV_PREFIX = "SSE_GATEWAY_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    # None means: start a private embedded Redis-protocol server.
+    redis_url: str | None = None
+    key_prefix: str = "sse:"
+    # Each channel's replay buffer is a Redis Stream trimmed to about this many entries ...
+    buffer_maxlen: int = 1000
+    # ... and to entries younger than this many seconds (0 turns the age limit off).
+    buffer_max_age: float = 3600.0
+    heartbeat: float = 15.0
+    retry_ms: int = 3000
+    max_channels: int = 16
+    max_body_bytes: int = 1024 * 1024
+    # A client whose unsent frames pass either bound is disconnected; it resumes with Last-Event-ID.
+    client_buffer_events: int = 1024
+    client_buffer_bytes: int = 4 * 1024 * 1024
+    # Bound on how long a stream may take to shut down on SIGTERM before uvicorn cancels it.
+    shutdown_grace: float = 5.0
+    log_level: str = "info"
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with the given fields changed; None values are ignored so unset CLI flags keep the default."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def to_env(self) -> dict[str, str]:
+        """The SSE_GATEWAY_* variables that rebuild these settings, e.g. in uvicorn's worker processes."""
+        return {
+            ENV_PREFIX + field.name.upper(): str(getattr(self, field.name))
+            for field in fields(self)
+            if getattr(self, field.name) is not None
+        }
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field in fields(cls):
+            raw = environ.get(ENV_PREFIX + field.name.upper())
+            if raw is None or raw == "":
+                continue
+            values[field.name] = _coerce(field.name, field.type, raw)
+        return cls(**values)
+
+
+def _coerce(name: str, type_name: Any, raw: str) -> Any:
+    kind = str(type_name)
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+    except ValueError:
+        raise ValueError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a number") from None
+    return raw

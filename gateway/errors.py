@@ -1,0 +1,46 @@
+"""Errors the gateway answers with. Each maps to one HTTP status and a JSON body.
+
+    GatewayError                 500  internal
+    ├── BadRequest               400  (bad_channel, bad_event_type, bad_cursor, too_many_channels, ...)
+    ├── PayloadTooLarge          413  body_too_large
+    └── RedisUnavailable         503  redis_unavailable
+
+The JSON body is always ``{"error": <code>, "detail": <human sentence>}``.
+"""
+
+from __future__ import annotations
+
+from starlette.responses import JSONResponse
+
+
+class GatewayError(Exception):
+    status_code = 500
+    code = "internal"
+
+    def __init__(self, detail: str, *, code: str | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        if code is not None:
+            self.code = code
+
+    def response(self) -> JSONResponse:
+        return error_response(self.status_code, self.code, self.detail)
+
+
+class BadRequest(GatewayError):
+    status_code = 400
+    code = "bad_request"
+
+
+class PayloadTooLarge(GatewayError):
+    status_code = 413
+    code = "body_too_large"
+
+
+class RedisUnavailable(GatewayError):
+    status_code = 503
+    code = "redis_unavailable"
+
+
+def error_response(status_code: int, code: str, detail: str) -> JSONResponse:
+    return JSONResponse({"error": code, "detail": detail}, status_code=status_code)

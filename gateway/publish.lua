@@ -1,0 +1,28 @@
+-- Atomic publish: append to the channel's replay buffer, trim it, and PUBLISH an envelope carrying the new id.
+-- KEYS[1] stream key, KEYS[2] Pub/Sub channel
+-- ARGV[1] MAXLEN (0: no length limit), ARGV[2] max age in ms (0: no age limit), ARGV[3] event type ('' for none),
+-- ARGV[4] data
+local event_type = ARGV[3]
+if string.find(event_type, '[\r\n%z]') then
+  return redis.error_reply('ERR event type must not contain CR, LF or NUL')
+end
+-- Each entry remembers the id before it, so a reader can tell "trimmed up to my cursor" from "entries lost after it".
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+local previous = ''
+if #last > 0 then previous = last[1][1] end
+local maxlen = tonumber(ARGV[1])
+local id
+if maxlen > 0 then
+  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', 'p', previous, 'e', event_type, 'd', ARGV[4])
+else
+  id = redis.call('XADD', KEYS[1], '*', 'p', previous, 'e', event_type, 'd', ARGV[4])
+end
+local max_age = tonumber(ARGV[2])
+if max_age > 0 then
+  local now_ms = tonumber(string.match(id, '^(%d+)-'))
+  if now_ms > max_age then
+    redis.call('XTRIM', KEYS[1], 'MINID', '~', string.format('%d-0', now_ms - max_age))
+  end
+end
+redis.call('PUBLISH', KEYS[2], '\0sse1\n' .. id .. '\n' .. event_type .. '\n' .. ARGV[4])
+return id

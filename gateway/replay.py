@@ -1,0 +1,80 @@
+"""Exact resume: no gap, no duplicate.
+
+A subscriber is brought up to date in this order, and only this order is race-free:
+
+1. subscribe upstream and wait for Redis to confirm; from then on live events are *held* by the subscriber;
+2. read the backlog after the subscriber's cursor with XRANGE and send it, preceded by one ``gap`` event when
+   entries after the cursor were already trimmed;
+3. go live: queue the held events, dropping every id at or below the last one sent.
+
+A fresh connection (no Last-Event-ID) takes each channel's newest buffered id as its cursor, read *before* step 1,
+so an event published during steps 1-2 is not lost either.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from gateway.broker import Broker, Entry, previous_id
+from gateway.cursor import ZERO, StreamId, parse_stream_id
+from gateway.events import from_stream_entry
+from gateway.subscriber import Subscriber
+
+if TYPE_CHECKING:
+    from gateway.hub import Hub
+
+
+def trimmed_after(position: StreamId, first: Entry) -> StreamId | None:
+    """The first id still buffered, if entries between ``position`` and it were trimmed; else None.
+
+    Each entry stores the id written before it, so "trimmed right up to the cursor" (no gap) and "entries after the
+    cursor are gone" (a gap) are told apart exactly.
+    """
+    first_id = parse_stream_id(first[0].decode())
+    if first_id <= position:
+        return None
+    before = previous_id(first[1])
+    lost = position != ZERO if before is None else before > position
+    return first_id if lost else None
+
+
+async def start_positions(broker: Broker, channels: tuple[str, ...], cursor: dict[str, StreamId] | None):
+    """The cursor a stream starts from: the client's Last-Event-ID, or else the newest id of each channel."""
+    if cursor is not None:
+        return cursor
+    return {channel: await broker.tail(channel) for channel in channels}
+
+
+async def replay(broker: Broker, hub: Hub, subscriber: Subscriber, send: Callable[[bytes], Awaitable[None]]) -> None:
+    """Steps 1-3 above. Raises RedisUnavailable if Redis fails meanwhile."""
+    await hub.attach(subscriber)
+    for channel in subscriber.channels:
+        position = subscriber.positions[channel]
+        first_page = True
+        async for page in broker.backlog(channel, position):
+            if first_page and (first_available := trimmed_after(position, page[0])) is not None:
+                subscriber.offer_gap(channel, position, first_available)
+            first_page = False
+            subscriber.accept([from_stream_entry(channel, entry_id, fields) for entry_id, fields in page])
+            if subscriber.close_reason is not None:
+                return
+            await send(subscriber.take())
+    subscriber.go_live()
+
+
+async def catch_up(broker: Broker, channel: str, listeners: list[Subscriber]) -> None:
+    """After the upstream reconnects: deliver what Pub/Sub dropped, from the buffer, to the channel's listeners."""
+    oldest = min(listener.positions[channel] for listener in listeners)
+    first_page = True
+    async for page in broker.backlog(channel, oldest):
+        if first_page:
+            for listener in listeners:
+                position = listener.positions[channel]
+                if not listener.replaying and (first_available := trimmed_after(position, page[0])) is not None:
+                    listener.offer_gap(channel, position, first_available)
+            first_page = False
+        for entry_id, fields in page:
+            event = from_stream_entry(channel, entry_id, fields)
+            for listener in listeners:
+                listener.offer(event)

@@ -1,0 +1,87 @@
+"""HTTP endpoints: event streams, publish, liveness and readiness."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from gateway.config import Settings
+from gateway.cursor import channel_set, parse_cursor
+from gateway.errors import BadRequest, PayloadTooLarge, RedisUnavailable, error_response
+from gateway.hub import Hub
+from gateway.naming import validate_channel
+from gateway.sse import event_type_problem
+from gateway.stream import EventStream
+
+
+async def events(request: Request) -> EventStream:
+    settings: Settings = request.app.state.settings
+    if "channel" in request.path_params:
+        requested = [request.path_params["channel"]]
+    else:
+        requested = request.query_params.getlist("channel")
+        if not requested:
+            raise BadRequest("name a channel: /events/NAME or /events?channel=a&channel=b", code="no_channel")
+    channels = channel_set(validate_channel(name) for name in requested)
+    if len(channels) > settings.max_channels:
+        raise BadRequest(
+            f"{len(channels)} channels requested; at most {settings.max_channels} per connection",
+            code="too_many_channels",
+        )
+    # The header wins: a browser resends it on reconnect while the URL keeps the first lastEventId.
+    last_event_id = request.headers.get("last-event-id") or request.query_params.get("lastEventId")
+    cursor = parse_cursor(last_event_id, channels) if last_event_id else None
+    return EventStream(request.app.state.hub, channels, cursor, settings)
+
+
+async def publish(request: Request) -> Response:
+    settings: Settings = request.app.state.settings
+    channel = validate_channel(request.path_params["channel"])
+    event_type = request.query_params.get("event")
+    if event_type is not None and (problem := event_type_problem(event_type)):
+        raise BadRequest(problem, code="bad_event_type")
+    body = await _read_body(request, settings.max_body_bytes)
+    try:
+        data = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("the body must be UTF-8 text", code="bad_body") from None
+    hub: Hub = request.app.state.hub
+    event_id = await hub.broker.publish(channel, data, event_type)
+    return JSONResponse({"channel": channel, "id": event_id}, status_code=201)
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    hub: Hub = request.app.state.hub
+    if hub.draining:
+        return error_response(503, "draining", "the gateway is shutting down")
+    if not hub.upstream.connected.is_set() or not await hub.broker.ping():
+        return RedisUnavailable("Redis is unreachable").response()
+    return JSONResponse({"status": "ready"})
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    too_large = PayloadTooLarge(f"the body is larger than the limit of {limit} bytes")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+routes = [
+    Route("/events", events, methods=["GET"]),
+    Route("/events/{channel}", events, methods=["GET"]),
+    Route("/publish/{channel}", publish, methods=["POST"]),
+    Route("/healthz", healthz, methods=["GET"]),
+    Route("/readyz", readyz, methods=["GET"]),
+]

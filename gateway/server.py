@@ -1,0 +1,47 @@
+"""Run the gateway under uvicorn, with an embedded Redis-protocol server when no Redis URL is configured."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import uvicorn
+
+from gateway.app import create_app
+from gateway.config import Settings
+from gateway.embedded import EmbeddedServer
+
+log = logging.getLogger("gateway.server")
+
+
+def serve(settings: Settings) -> int:
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    embedded = None
+    if settings.redis_url is None:
+        embedded = EmbeddedServer()
+        settings = settings.replace(redis_url=embedded.start())
+    options = dict(
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        # A backstop only: the app ends its streams itself on SIGTERM (see gateway.app).
+        timeout_graceful_shutdown=settings.shutdown_grace,
+    )
+    try:
+        if settings.workers > 1:
+            # Worker processes import the app afresh and rebuild the settings from the environment.
+            os.environ.update(settings.to_env())
+            uvicorn.run("gateway.server:app_from_env", factory=True, workers=settings.workers, **options)
+        else:
+            # uvicorn re-raises SIGTERM after its shutdown, so nothing after run() is sure to run: the app's
+            # lifespan stops the embedded server instead.
+            app = create_app(settings, on_shutdown=embedded.stop if embedded else None)
+            uvicorn.run(app, **options)
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    return 0
+
+
+def app_from_env():
+    return create_app(Settings.from_env())

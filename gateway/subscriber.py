@@ -1,0 +1,142 @@
+"""One client connection's side of the fan-out: its cursor, a bounded buffer of frames, and eviction.
+
+The hub calls ``offer`` for every event of the client's channels. ``offer`` never waits: it appends the frame to the
+buffer and wakes the client's writer. A client whose buffer passes its bounds is closed (it resumes later with
+Last-Event-ID) rather than allowed to slow anyone else down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+
+from gateway.cursor import StreamId, channel_set_tag, format_cursor, format_position, format_stream_id
+from gateway.events import Event
+from gateway.sse import encode_event
+
+
+class Subscriber:
+    def __init__(self, channels: Sequence[str], *, max_events: int, max_bytes: int) -> None:
+        self.channels = tuple(channels)
+        self.multi = len(self.channels) > 1
+        # The id of the last event queued for this client, per channel: anything at or below it is a duplicate.
+        self.positions: dict[str, StreamId] = {}
+        self._tag = channel_set_tag(self.channels)
+        self._encoded: dict[str, str] = {}
+        self._max_events = max_events
+        self._max_bytes = max_bytes
+        self._frames: list[bytes] = []
+        self._size = 0
+        # While the backlog is being read, live events wait here unfiltered; see gateway.replay.
+        self._held: list[Event] | None = []
+        self._wakeup = asyncio.Event()
+        self.close_reason: str | None = None
+        # The task writing to the client, set while the response runs: eviction cancels it if it is stuck.
+        self.writer: asyncio.Task[None] | None = None
+        self.writing = False
+
+    # -- called by the hub; never awaits ------------------------------------------------------------------------
+
+    def offer(self, event: Event) -> None:
+        if self.close_reason is not None:
+            return
+        if self._held is not None:
+            self._held.append(event)
+            if len(self._held) > self._max_events:
+                self.close("overflow")
+            return
+        self._queue(event)
+
+    def offer_gap(self, channel: str, requested: StreamId, first_available: StreamId) -> None:
+        if self.close_reason is None:
+            self._push(gap_frame(channel, requested, first_available))
+
+    def close(self, reason: str) -> None:
+        if self.close_reason is None:
+            self.close_reason = reason
+            self._frames.clear()
+            self._size = 0
+            self._wakeup.set()
+            if reason == "overflow" and self.writing and self.writer is not None:
+                self.writer.cancel()
+
+    # -- called by the client's own task ------------------------------------------------------------------------
+
+    def start_at(self, positions: dict[str, StreamId]) -> None:
+        self.positions = dict(positions)
+        self._encoded = {channel: format_position(position) for channel, position in self.positions.items()}
+
+    def accept(self, events: list[Event]) -> None:
+        """Queue backlog events (from the replay buffer), dropping any at or below the cursor."""
+        for event in events:
+            self._queue(event, bounded=False)
+
+    def go_live(self) -> None:
+        """End the replay: queue the live events held meanwhile, dropping those the backlog already covered."""
+        held, self._held = self._held or [], None
+        for event in held:
+            self._queue(event)
+
+    @property
+    def replaying(self) -> bool:
+        return self._held is not None
+
+    def take(self) -> bytes:
+        """Everything queued, as one write."""
+        frames, self._frames, self._size = self._frames, [], 0
+        self._wakeup.clear()
+        return b"".join(frames)
+
+    async def wait(self, timeout: float) -> bool:
+        """Wait until something is queued or the subscriber is closed; False on timeout."""
+        if self._frames or self.close_reason is not None:
+            return True
+        try:
+            await asyncio.wait_for(self._wakeup.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    @property
+    def last_event_id(self) -> str:
+        if self.multi:
+            return format_cursor(self._tag, [self._encoded[c] for c in self.channels])
+        return format_stream_id(self.positions[self.channels[0]])
+
+    # -- internals --------------------------------------------------------------------------------------------
+
+    def _queue(self, event: Event, *, bounded: bool = True) -> None:
+        stream_id = event.stream_id
+        if stream_id is None:  # a plain PUBLISH: not in the buffer, no id, nothing to deduplicate
+            self._push(event.multi_body if self.multi else event.frame, bounded)
+            return
+        channel = event.channel
+        if stream_id <= self.positions[channel]:
+            return
+        self.positions[channel] = stream_id
+        if not self.multi:
+            self._push(event.frame, bounded)
+            return
+        self._encoded[channel] = format_position(stream_id)
+        self._push(b"id: " + self.last_event_id.encode() + b"\n" + event.multi_body, bounded)
+
+    def _push(self, frame: bytes, bounded: bool = True) -> None:
+        """Queue a frame. Backlog pages are written before the next is read, so only live frames are bounded."""
+        if self.close_reason is not None:
+            return
+        self._frames.append(frame)
+        self._size += len(frame)
+        if bounded and (len(self._frames) > self._max_events or self._size > self._max_bytes):
+            self.close("overflow")
+            return
+        self._wakeup.set()
+
+
+def gap_frame(channel: str, requested: StreamId, first_available: StreamId) -> bytes:
+    body = {
+        "channel": channel,
+        "requested": format_stream_id(requested),
+        "first_available": format_stream_id(first_available),
+    }
+    return encode_event(json.dumps(body, separators=(",", ":")), event="gap")
