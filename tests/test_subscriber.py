@@ -1,0 +1,213 @@
+"""gateway.subscriber: one client's cursor, bounded buffer, eviction and replay hold. Pure asyncio, no Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+
+from sse_gateway_client import ServerSentEvent, SSEParser
+
+from gateway.cursor import channel_set, parse_cursor
+from gateway.events import Event
+from gateway.subscriber import Subscriber, gap_frame
+
+
+def ev(channel: str, ms: int, seq: int = 0, data: str | None = None, event_type: str | None = None) -> Event:
+    return Event(channel, (ms, seq), event_type, f"{channel}-{ms}-{seq}" if data is None else data)
+
+
+def live(channels: list[str] | tuple[str, ...], positions: dict | None = None, **bounds: int) -> Subscriber:
+    subscriber = Subscriber(
+        channels, max_events=bounds.get("max_events", 100), max_bytes=bounds.get("max_bytes", 10**6)
+    )
+    subscriber.start_at(positions or dict.fromkeys(channels, (0, 0)))
+    subscriber.go_live()
+    return subscriber
+
+
+def test_ids_at_or_below_the_position_are_dropped() -> None:
+    subscriber = live(["a"], {"a": (5, 0)})
+    for event in (ev("a", 4), ev("a", 5), ev("a", 5, 1), ev("a", 6), ev("a", 5, 2), ev("a", 6)):
+        subscriber.offer(event)
+    assert subscriber.take() == ev("a", 5, 1).frame + ev("a", 6).frame
+    assert subscriber.positions == {"a": (6, 0)}
+    assert subscriber.last_event_id == "6-0"
+
+
+def test_queued_frames_come_out_as_one_write_in_order() -> None:
+    subscriber = live(["a"])
+    events = [ev("a", n) for n in (1, 2, 3)]
+    for event in events:
+        subscriber.offer(event)
+    assert subscriber.take() == b"".join(event.frame for event in events)
+    assert subscriber.take() == b""
+
+
+def test_the_same_frame_bytes_are_queued_for_every_subscriber() -> None:
+    first, second = live(["a"]), live(["a"])
+    event = ev("a", 1)
+    first.offer(event)
+    second.offer(event)
+    assert first._frames[0] is event.frame
+    assert second._frames[0] is event.frame
+    assert first.take() is event.frame
+
+
+def test_overflow_by_event_count_closes_and_frees_queued_frames() -> None:
+    subscriber = live(["a"], max_events=2)
+    subscriber.offer(ev("a", 1))
+    subscriber.offer(ev("a", 2))
+    assert subscriber.close_reason is None
+    subscriber.offer(ev("a", 3))
+    assert subscriber.close_reason == "overflow"
+    assert subscriber._frames == [] and subscriber._size == 0
+    subscriber.offer(ev("a", 4))
+    assert subscriber.take() == b""
+
+
+def test_overflow_by_bytes_closes_and_frees_queued_frames() -> None:
+    one, two, three = ev("a", 1, data="x" * 100), ev("a", 2, data="y" * 100), ev("a", 3, data="z")
+    subscriber = live(["a"], max_bytes=len(one.frame) + len(two.frame))
+    subscriber.offer(one)
+    subscriber.offer(two)
+    assert subscriber.close_reason is None
+    subscriber.offer(three)
+    assert subscriber.close_reason == "overflow"
+    assert subscriber._frames == [] and subscriber._size == 0
+    assert subscriber.take() == b""
+
+
+def test_backlog_is_not_bounded_but_live_events_are() -> None:
+    subscriber = Subscriber(["a"], max_events=2, max_bytes=10**6)
+    subscriber.start_at({"a": (0, 0)})
+    subscriber.accept([ev("a", n) for n in range(1, 6)])
+    assert subscriber.close_reason is None
+    assert subscriber.take().count(b"\n\n") == 5
+
+
+def test_close_keeps_the_first_reason() -> None:
+    subscriber = live(["a"])
+    subscriber.close("client_left")
+    subscriber.close("overflow")
+    assert subscriber.close_reason == "client_left"
+
+
+async def test_wait_times_out_when_empty_and_wakes_on_offer_or_close() -> None:
+    subscriber = live(["a"])
+    assert await subscriber.wait(0.01) is False
+    subscriber.offer(ev("a", 1))
+    assert await subscriber.wait(5) is True
+    subscriber.take()
+    subscriber.close("shutdown")
+    assert await subscriber.wait(5) is True
+
+
+def test_live_events_are_held_during_replay_and_deduplicated_on_go_live() -> None:
+    subscriber = Subscriber(["a"], max_events=100, max_bytes=10**6)
+    subscriber.start_at({"a": (1, 0)})
+    assert subscriber.replaying
+    subscriber.offer(ev("a", 3))
+    subscriber.offer(ev("a", 4))
+    assert subscriber.take() == b""
+    subscriber.accept([ev("a", 1), ev("a", 2), ev("a", 3)])
+    assert subscriber.take() == ev("a", 2).frame + ev("a", 3).frame
+    subscriber.go_live()
+    assert not subscriber.replaying
+    assert subscriber.take() == ev("a", 4).frame
+    subscriber.offer(ev("a", 5))
+    assert subscriber.take() == ev("a", 5).frame
+
+
+def test_held_events_past_the_count_bound_overflow() -> None:
+    subscriber = Subscriber(["a"], max_events=2, max_bytes=10**6)
+    subscriber.start_at({"a": (0, 0)})
+    for n in (1, 2, 3):
+        subscriber.offer(ev("a", n))
+    assert subscriber.close_reason == "overflow"
+    subscriber.go_live()
+    assert subscriber.take() == b""
+
+
+def test_multi_channel_frames_carry_a_cursor_that_maps_back_to_each_position() -> None:
+    channels = channel_set(["beta", "alpha"])
+    subscriber = live(channels, {"alpha": (10, 0), "beta": (20, 0)})
+    subscriber.offer(ev("alpha", 11, data="one"))
+    subscriber.offer(ev("beta", 1732700000000, 5, data="two", event_type="tick"))
+    subscriber.offer(ev("alpha", 9))  # a duplicate: dropped
+    events = SSEParser().feed(subscriber.take())
+    assert [(e.event, e.data) for e in events] == [("alpha", "one"), ("beta:tick", "two")]
+    assert parse_cursor(events[0].id, channels) == {"alpha": (11, 0), "beta": (20, 0)}
+    assert parse_cursor(events[1].id, channels) == {"alpha": (11, 0), "beta": (1732700000000, 5)}
+    assert subscriber.last_event_id == events[1].id
+
+
+def test_multi_channel_cursor_before_any_event_is_the_start_position() -> None:
+    channels = ("a", "b")
+    subscriber = live(channels, {"a": (3, 1), "b": (0, 0)})
+    assert parse_cursor(subscriber.last_event_id, channels) == {"a": (3, 1), "b": (0, 0)}
+
+
+def test_plain_events_pass_through_without_id_or_position_change() -> None:
+    single = live(["a"], {"a": (5, 0)})
+    single.offer(Event("a", None, None, "plain"))
+    assert single.take() == b"data: plain\n\n"
+    assert single.positions == {"a": (5, 0)}
+
+    multi = live(("a", "b"), {"a": (5, 0), "b": (6, 0)})
+    multi.offer(Event("b", None, "note", "plain"))
+    assert multi.take() == b"event: b:note\ndata: plain\n\n"
+    assert multi.positions == {"a": (5, 0), "b": (6, 0)}
+
+
+def test_plain_events_keep_the_clients_resume_point() -> None:
+    subscriber = live(["a"])
+    subscriber.offer(ev("a", 7))
+    subscriber.offer(Event("a", None, None, "plain"))
+    events = SSEParser().feed(subscriber.take())
+    assert [(e.data, e.id) for e in events] == [("a-7-0", "7-0"), ("plain", "7-0")]
+
+
+def test_gap_frame_is_a_gap_event_with_json_positions() -> None:
+    events = SSEParser().feed(gap_frame("prices", (5, 0), (1732700000000, 2)))
+    assert len(events) == 1
+    assert events[0].event == "gap" and events[0].id == ""
+    assert json.loads(events[0].data) == {"channel": "prices", "requested": "5-0", "first_available": "1732700000000-2"}
+
+
+def test_offer_gap_queues_the_gap_before_the_backlog() -> None:
+    subscriber = Subscriber(["a"], max_events=100, max_bytes=10**6)
+    subscriber.start_at({"a": (1, 0)})
+    subscriber.offer_gap("a", (1, 0), (9, 0))
+    subscriber.accept([ev("a", 9)])
+    events = SSEParser().feed(subscriber.take())
+    assert [e.event for e in events] == ["gap", "message"]
+    assert events[1] == ServerSentEvent(data="a-9-0", id="9-0")
+
+
+def test_closed_subscriber_ignores_gaps() -> None:
+    subscriber = live(["a"])
+    subscriber.close("client_left")
+    subscriber.offer_gap("a", (1, 0), (9, 0))
+    assert subscriber.take() == b""
+
+
+async def test_overflow_cancels_a_writer_stuck_in_a_send() -> None:
+    subscriber = live(["a"], max_events=1)
+    stuck = asyncio.create_task(asyncio.sleep(3600))
+    subscriber.writer, subscriber.writing = stuck, True
+    subscriber.offer(ev("a", 1))
+    subscriber.offer(ev("a", 2))
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.wait_for(stuck, 5)
+    assert stuck.cancelled()
+
+
+async def test_other_close_reasons_leave_the_writer_alone() -> None:
+    subscriber = live(["a"])
+    busy = asyncio.create_task(asyncio.sleep(3600))
+    subscriber.writer, subscriber.writing = busy, True
+    subscriber.close("client_left")
+    await asyncio.sleep(0)
+    assert not busy.done()
+    busy.cancel()
