@@ -14,8 +14,9 @@ from redis.exceptions import RedisError
 
 from gateway.config import Settings
 from gateway.cursor import ZERO, StreamId, format_stream_id, parse_stream_id
-from gateway.errors import RedisUnavailable
+from gateway.errors import BadRequest, RedisUnavailable
 from gateway.naming import Naming
+from gateway.sse import event_type_problem
 
 log = logging.getLogger("gateway.broker")
 
@@ -49,7 +50,12 @@ class Broker:
         self._publish = client.register_script(PUBLISH_SCRIPT)
 
     async def publish(self, channel: str, data: str, event_type: str | None = None) -> str:
-        """Append to the buffer and publish live, atomically; returns the stream id. Raises RedisUnavailable."""
+        """Append to the buffer and publish live, atomically; returns the stream id.
+
+        Raises BadRequest for an event type that could break SSE framing, RedisUnavailable when Redis fails.
+        """
+        if event_type is not None and (problem := event_type_problem(event_type)):
+            raise BadRequest(problem, code="bad_event_type")
         keys = [self.naming.stream_key(channel), self.naming.pubsub_channel(channel)]
         args = [self._maxlen, self._max_age_ms, event_type or "", data]
         try:

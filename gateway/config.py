@@ -52,7 +52,8 @@ class Settings:
         values: dict[str, Any] = {}
         for field in fields(cls):
             raw = environ.get(ENV_PREFIX + field.name.upper())
-            if raw is None or raw == "":
+            # An empty value means "unset", except for plain text settings where "" is a value (no key prefix).
+            if raw is None or (raw == "" and field.type != "str"):
                 continue
             values[field.name] = _coerce(field.name, field.type, raw)
         return cls(**values)

@@ -80,8 +80,8 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 routes = [
     Route("/events", events, methods=["GET"]),
-    Route("/events/{channel}", events, methods=["GET"]),
-    Route("/publish/{channel}", publish, methods=["POST"]),
+    Route("/events/{channel:path}", events, methods=["GET"]),
+    Route("/publish/{channel:path}", publish, methods=["POST"]),
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
 ]

@@ -21,6 +21,8 @@ def event_type_problem(event: str) -> str | None:
         return f"event type must be at most {MAX_EVENT_TYPE_LENGTH} characters"
     if _FORBIDDEN_IN_FIELD.search(event):
         return "event type must not contain CR, LF or NUL"
+    if not event.isprintable() and any("\ud800" <= c <= "\udfff" for c in event):
+        return "event type must be valid Unicode text"
     return None
 
 

@@ -1,0 +1,131 @@
+"""The upstream Pub/Sub connection: plain PUBLISH passthrough, one subscription per channel, Redis faults."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from gateway.broker import PUBLISH_SCRIPT
+from tests.servers import GatewayProcess, RedisProcess, wait_until
+from tests.streams import open_stream, publish
+
+
+async def test_plain_publish_from_another_program_streams_live_without_id(gateway, redis_server, channel):
+    async with open_stream(f"{gateway.url}/events/{channel}") as stream:
+        await stream.read_raw_until(b"retry:")
+        redis_server.client().publish(f"sse:{{{channel}}}", "from redis-cli\nsecond line")
+        event_id = await publish(gateway.url, channel, "through the gateway")
+        plain, scripted = await stream.take(2)
+    assert (plain.event, plain.data, plain.id) == ("message", "from redis-cli\nsecond line", "")
+    assert (scripted.data, scripted.id) == ("through the gateway", event_id)
+    assert b"id:" not in stream.raw.split(b"from redis-cli")[0].split(b"\n\n")[-1]
+
+
+async def test_plain_publish_on_multi_channel_stream_is_named_by_channel(gateway, redis_server, channel):
+    a, b = f"{channel}-a", f"{channel}-b"
+    async with open_stream(f"{gateway.url}/events", channel=[a, b]) as stream:
+        await stream.read_raw_until(b"retry:")
+        redis_server.client().publish(f"sse:{{{b}}}", "plain")
+        event = await stream.next_event()
+    assert (event.event, event.data) == (b, "plain")
+
+
+async def test_many_clients_of_one_channel_share_one_upstream_subscription(gateway, redis_server, channel):
+    redis = redis_server.client()
+
+    def subscriptions() -> int:
+        return redis.pubsub_numsub(f"sse:{{{channel}}}")[0][1]
+
+    async with open_stream(f"{gateway.url}/events/{channel}") as first:
+        await first.read_raw_until(b"retry:")
+        others = [open_stream(f"{gateway.url}/events/{channel}") for _ in range(4)]
+        streams = [await context.__aenter__() for context in others]
+        for stream in streams:
+            await stream.read_raw_until(b"retry:")
+        assert subscriptions() == 1
+        await publish(gateway.url, channel, "to all")
+        assert [(await s.next_event()).data for s in [first, *streams]] == ["to all"] * 5
+        for context in others:
+            await context.__aexit__(None, None, None)
+        await asyncio.sleep(0.3)
+        assert subscriptions() == 1, "one client is still there"
+    await asyncio.to_thread(wait_until, lambda: subscriptions() == 0, what="the last client's unsubscribe")
+
+
+@pytest.fixture
+def durable_redis() -> Iterator[RedisProcess]:
+    server = RedisProcess(appendonly=True).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def gateway_on_durable_redis(durable_redis) -> Iterator[GatewayProcess]:
+    process = GatewayProcess(durable_redis.url).start()
+    yield process
+    process.stop()
+
+
+def _publish_in_redis(server: RedisProcess, channel: str, data: str) -> str:
+    """Publish the way any Redis client can: the gateway's own script, straight into Redis."""
+    keys = [f"sse:{{{channel}}}:buffer", f"sse:{{{channel}}}"]
+    return server.client().eval(PUBLISH_SCRIPT, 2, *keys, 1000, 3600000, "", data).decode()
+
+
+@pytest.mark.timeout(90)
+async def test_redis_killed_and_restarted_loses_nothing_acknowledged(durable_redis, gateway_on_durable_redis, channel):
+    url = gateway_on_durable_redis.url
+    a, b = f"{channel}-a", f"{channel}-b"
+    acknowledged = {a: [], b: []}
+    async with (
+        open_stream(f"{url}/events/{a}") as single,
+        open_stream(f"{url}/events", channel=[a, b]) as multi,
+    ):
+        await single.read_raw_until(b"retry:")
+        await multi.read_raw_until(b"retry:")
+        for i in range(5):
+            for name in (a, b):
+                acknowledged[name].append(await publish(url, name, f"{name} before {i}"))
+
+        durable_redis.kill()
+        refused = httpx.post(f"{url}/publish/{a}", content="during the outage")
+        assert refused.status_code == 503
+        assert refused.json()["error"] == "redis_unavailable"
+        assert httpx.get(f"{url}/readyz").status_code == 503
+        heard = len(single.raw)
+        await single.read_raw_until(b": keepalive\n" * 1, timeout=5)
+        await asyncio.sleep(1.5)
+        assert b": keepalive\n" in single.raw[heard:], "the stream stays open with heartbeats"
+        assert not single.finished and not multi.finished
+
+        durable_redis.start()
+        # Acknowledged by Redis before the gateway resubscribed: only the catch-up read can deliver these.
+        for name in (a, b):
+            acknowledged[name].append(_publish_in_redis(durable_redis, name, f"{name} while resubscribing"))
+        await asyncio.to_thread(wait_until, gateway_on_durable_redis.ready, what="gateway ready again")
+        for i in range(5):
+            for name in (a, b):
+                acknowledged[name].append(await publish(url, name, f"{name} after {i}"))
+
+        single_events = await single.take(len(acknowledged[a]))
+        multi_events = await multi.take(len(acknowledged[a]) + len(acknowledged[b]))
+        await asyncio.sleep(0.3)
+        extra = [e async for e in _queued(single)] + [e async for e in _queued(multi)]
+
+    assert [e.id for e in single_events] == acknowledged[a]
+    for name in (a, b):
+        data = [e.data for e in multi_events if e.event == name]
+        assert len(data) == len(acknowledged[name]) == 11
+        assert data[0] == f"{name} before 0" and data[5] == f"{name} while resubscribing"
+    assert extra == [], "no duplicates"
+
+
+async def _queued(stream):
+    while True:
+        try:
+            yield await stream.next_event(timeout=0.01)
+        except (TimeoutError, EOFError):
+            return
