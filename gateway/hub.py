@@ -37,7 +37,8 @@ class Hub:
         await self.upstream.stop()
 
     def deliver(self, event: Event) -> None:
-        for subscriber in tuple(self._subscribers.get(event.channel, ())):
+        # Synchronous, and offer() never touches the set, so it cannot change under the loop.
+        for subscriber in self._subscribers.get(event.channel, ()):
             subscriber.offer(event)
 
     async def attach(self, subscriber: Subscriber) -> None:

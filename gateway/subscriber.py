@@ -93,7 +93,8 @@ class Subscriber:
         if self._frames or self.close_reason is not None:
             return True
         try:
-            await asyncio.wait_for(self._wakeup.wait(), timeout)
+            async with asyncio.timeout(timeout):  # unlike wait_for, no extra task per wait
+                await self._wakeup.wait()
         except TimeoutError:
             return False
         return True
