@@ -11,6 +11,8 @@ import re
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _FORBIDDEN_IN_FIELD = re.compile(r"[\r\n\x00]")
 MAX_EVENT_TYPE_LENGTH = 128
+# The gateway's own in-band event; a publisher may not imitate it.
+RESERVED_EVENT_TYPES = frozenset({"gap"})
 
 
 def event_type_problem(event: str) -> str | None:
@@ -21,6 +23,8 @@ def event_type_problem(event: str) -> str | None:
         return f"event type must be at most {MAX_EVENT_TYPE_LENGTH} characters"
     if _FORBIDDEN_IN_FIELD.search(event):
         return "event type must not contain CR, LF or NUL"
+    if event in RESERVED_EVENT_TYPES:
+        return f"event type {event!r} is reserved for the gateway's own events"
     if not event.isprintable() and any("\ud800" <= c <= "\udfff" for c in event):
         return "event type must be valid Unicode text"
     return None

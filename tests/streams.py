@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx
+
 from sse_gateway_client import ServerSentEvent, SSEParser
 
 _END = object()

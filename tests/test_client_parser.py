@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
-from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-if importlib.util.find_spec("sse_gateway_client") is None:
-    # Running from a checkout where the wheel is not installed: the package lives under clients/.
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "clients"))
-
-from sse_gateway_client import ServerSentEvent, SSEParser  # noqa: E402
+from sse_gateway_client import ServerSentEvent, SSEParser
 
 
 def parse(*chunks: bytes) -> list[ServerSentEvent]:

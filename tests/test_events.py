@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from sse_gateway_client import ServerSentEvent, SSEParser
 
 from gateway.events import ENVELOPE_MARK, Event, decode_pubsub, from_stream_entry
+from sse_gateway_client import ServerSentEvent, SSEParser
 
 
 def envelope(stream_id: bytes, event_type: bytes, data: bytes) -> bytes:

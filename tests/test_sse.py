@@ -7,7 +7,6 @@ import re
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from sse_gateway_client import ServerSentEvent, SSEParser
 
 from gateway.sse import (
     MAX_EVENT_TYPE_LENGTH,
@@ -17,6 +16,7 @@ from gateway.sse import (
     encode_retry,
     event_type_problem,
 )
+from sse_gateway_client import ServerSentEvent, SSEParser
 
 
 def parse(stream: bytes) -> list[ServerSentEvent]:

@@ -7,8 +7,8 @@ import socket
 from collections.abc import Iterator
 
 import pytest
-from sse_gateway_client import SSEParser
 
+from sse_gateway_client import SSEParser
 from tests.servers import GatewayProcess
 from tests.streams import open_stream, publish_many
 

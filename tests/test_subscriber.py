@@ -6,11 +6,10 @@ import asyncio
 import contextlib
 import json
 
-from sse_gateway_client import ServerSentEvent, SSEParser
-
 from gateway.cursor import channel_set, parse_cursor
 from gateway.events import Event
 from gateway.subscriber import Subscriber, gap_frame
+from sse_gateway_client import ServerSentEvent, SSEParser
 
 
 def ev(channel: str, ms: int, seq: int = 0, data: str | None = None, event_type: str | None = None) -> Event:
