@@ -84,7 +84,13 @@ def _serve(args: argparse.Namespace) -> int:
 def _publish(args: argparse.Namespace) -> int:
     data = sys.stdin.read() if args.data == "-" else args.data
     if args.redis_url:
-        result = asyncio.run(_publish_to_redis(args.redis_url, args.channel, data, args.event))
+        from gateway.errors import GatewayError
+
+        try:
+            result = asyncio.run(_publish_to_redis(args.redis_url, args.channel, data, args.event))
+        except GatewayError as exc:
+            print(f"sse-gateway publish: {exc.code}: {exc.detail}", file=sys.stderr)
+            return 1
     else:
         from sse_gateway_client import GatewayClientError, publish
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import redis
 
+from gateway.broker import PUBLISH_SCRIPT
 from gateway.embedded import find_server_binary
 
 
@@ -62,6 +63,15 @@ class RedisProcess:
 
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(self.url)
+
+    def publish_with_script(self, channel: str, data: str) -> str:
+        """Publish the way any Redis client can: the gateway's own script, straight into Redis (default prefix)."""
+        keys = [f"sse:{{{channel}}}:buffer", f"sse:{{{channel}}}"]
+        return self.client().eval(PUBLISH_SCRIPT, 2, *keys, 1000, 3600000, "", data).decode()
+
+    def subscriptions(self, channel: str) -> int:
+        """How many connections subscribe to the channel's Pub/Sub name."""
+        return self.client().pubsub_numsub(f"sse:{{{channel}}}")[0][1]
 
     def kill(self) -> None:
         assert self.process is not None

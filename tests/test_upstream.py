@@ -8,7 +8,6 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from gateway.broker import PUBLISH_SCRIPT
 from tests.servers import GatewayProcess, RedisProcess, wait_until
 from tests.streams import open_stream, publish
 
@@ -34,10 +33,8 @@ async def test_plain_publish_on_multi_channel_stream_is_named_by_channel(gateway
 
 
 async def test_many_clients_of_one_channel_share_one_upstream_subscription(gateway, redis_server, channel):
-    redis = redis_server.client()
-
     def subscriptions() -> int:
-        return redis.pubsub_numsub(f"sse:{{{channel}}}")[0][1]
+        return redis_server.subscriptions(channel)
 
     async with open_stream(f"{gateway.url}/events/{channel}") as first:
         await first.read_raw_until(b"retry:")
@@ -69,12 +66,6 @@ def gateway_on_durable_redis(durable_redis) -> Iterator[GatewayProcess]:
     process.stop()
 
 
-def _publish_in_redis(server: RedisProcess, channel: str, data: str) -> str:
-    """Publish the way any Redis client can: the gateway's own script, straight into Redis."""
-    keys = [f"sse:{{{channel}}}:buffer", f"sse:{{{channel}}}"]
-    return server.client().eval(PUBLISH_SCRIPT, 2, *keys, 1000, 3600000, "", data).decode()
-
-
 @pytest.mark.timeout(90)
 async def test_redis_killed_and_restarted_loses_nothing_acknowledged(durable_redis, gateway_on_durable_redis, channel):
     url = gateway_on_durable_redis.url
@@ -104,7 +95,7 @@ async def test_redis_killed_and_restarted_loses_nothing_acknowledged(durable_red
         durable_redis.start()
         # Acknowledged by Redis before the gateway resubscribed: only the catch-up read can deliver these.
         for name in (a, b):
-            acknowledged[name].append(_publish_in_redis(durable_redis, name, f"{name} while resubscribing"))
+            acknowledged[name].append(durable_redis.publish_with_script(name, f"{name} while resubscribing"))
         await asyncio.to_thread(wait_until, gateway_on_durable_redis.ready, what="gateway ready again")
         for i in range(5):
             for name in (a, b):
