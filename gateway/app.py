@@ -11,11 +11,15 @@ from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.access_log import AccessLog
+from gateway.auth import Authenticator
 from gateway.broker import Broker, connect
-from gateway.config import Settings
+from gateway.config import Settings, split_list
 from gateway.errors import GatewayError, error_response
 from gateway.hub import Hub
 from gateway.routes import routes
@@ -23,10 +27,19 @@ from gateway.routes import routes
 log = logging.getLogger("gateway.app")
 
 
-def create_app(settings: Settings, *, on_shutdown: Callable[[], None] | None = None) -> Starlette:
-    """The gateway for ``settings.redis_url``; ``on_shutdown`` runs last, after every stream has ended."""
+def create_app(
+    settings: Settings,
+    *,
+    authenticator: Authenticator | None = None,
+    on_shutdown: Callable[[], None] | None = None,
+) -> Starlette:
+    """The gateway for ``settings.redis_url``; ``on_shutdown`` runs last, after every stream has ended.
+
+    Raises ValueError for settings that must not start (no Redis URL, or an exposed gateway with no auth keys).
+    """
     if settings.redis_url is None:
         raise ValueError("create_app needs settings.redis_url; the CLI starts an embedded server when it is unset")
+    authenticator = authenticator or Authenticator(settings)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -35,6 +48,7 @@ def create_app(settings: Settings, *, on_shutdown: Callable[[], None] | None = N
         await hub.start()
         app.state.settings = settings
         app.state.hub = hub
+        app.state.auth = authenticator
         restore_signals = _drain_on_exit_signals(hub)
         try:
             yield
@@ -45,9 +59,22 @@ def create_app(settings: Settings, *, on_shutdown: Callable[[], None] | None = N
             if on_shutdown is not None:
                 on_shutdown()
 
+    middleware = [Middleware(AccessLog)]
+    if settings.cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=split_list(settings.cors_origins),
+                allow_credentials=settings.cors_credentials,
+                allow_methods=["GET", "POST"],
+                allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "X-API-Key", "Cache-Control"],
+                max_age=600,
+            )
+        )
     return Starlette(
         routes=routes,
         lifespan=lifespan,
+        middleware=middleware,
         exception_handlers={GatewayError: _gateway_error, HTTPException: _http_error, Exception: _internal_error},
     )
 

@@ -33,6 +33,19 @@ class Settings:
     # Bound on how long a stream may take to shut down on SIGTERM before uvicorn cancels it.
     shutdown_grace: float = 5.0
     log_level: str = "info"
+    # Authentication: "auto" is on when a key is configured, off (loudly) for a loopback-only gateway without keys,
+    # and refuses to start otherwise; "jwt" is always on; "off" lets anyone subscribe and publish.
+    auth: str = "auto"
+    jwt_secret: str | None = None
+    jwt_public_key_file: str | None = None
+    jwt_jwks_file: str | None = None
+    jwt_audience: str | None = None
+    # Comma-separated lists.
+    api_keys: str = ""
+    public_channels: str = ""
+    auth_cookie: str = "sse_token"
+    cors_origins: str = ""
+    cors_credentials: bool = False
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with the given fields changed; None values are ignored so unset CLI flags keep the default."""
@@ -59,8 +72,19 @@ class Settings:
         return cls(**values)
 
 
+def split_list(value: str) -> tuple[str, ...]:
+    """A comma-separated setting as its items, blanks dropped."""
+    return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
 def _coerce(name: str, type_name: Any, raw: str) -> Any:
     kind = str(type_name)
+    if kind == "bool":
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a boolean (true/false)")
     try:
         if kind == "int":
             return int(raw)

@@ -2,6 +2,8 @@
 
     GatewayError                 500  internal
     ├── BadRequest               400  (bad_channel, bad_event_type, bad_cursor, too_many_channels, ...)
+    ├── Unauthorized             401  unauthorized (no valid credentials)
+    ├── Forbidden                403  forbidden (valid credentials, channel not granted)
     ├── PayloadTooLarge          413  body_too_large
     └── RedisUnavailable         503  redis_unavailable
 
@@ -30,6 +32,21 @@ class GatewayError(Exception):
 class BadRequest(GatewayError):
     status_code = 400
     code = "bad_request"
+
+
+class Unauthorized(GatewayError):
+    status_code = 401
+    code = "unauthorized"
+
+    def response(self) -> JSONResponse:
+        response = super().response()
+        response.headers["WWW-Authenticate"] = 'Bearer realm="sse-gateway"'
+        return response
+
+
+class Forbidden(GatewayError):
+    status_code = 403
+    code = "forbidden"
 
 
 class PayloadTooLarge(GatewayError):

@@ -32,7 +32,8 @@ async def events(request: Request) -> EventStream:
     # The header wins: a browser resends it on reconnect while the URL keeps the first lastEventId.
     last_event_id = request.headers.get("last-event-id") or request.query_params.get("lastEventId")
     cursor = parse_cursor(last_event_id, channels) if last_event_id else None
-    return EventStream(request.app.state.hub, channels, cursor, settings)
+    grant = request.app.state.auth.for_subscribe(request, channels)
+    return EventStream(request.app.state.hub, channels, cursor, settings, expires_at=grant.expires_at)
 
 
 async def publish(request: Request) -> Response:
@@ -41,6 +42,7 @@ async def publish(request: Request) -> Response:
     event_type = request.query_params.get("event")
     if event_type is not None and (problem := event_type_problem(event_type)):
         raise BadRequest(problem, code="bad_event_type")
+    request.app.state.auth.for_publish(request, channel)
     body = await _read_body(request, settings.max_body_bytes)
     try:
         data = body.decode("utf-8")

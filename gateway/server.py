@@ -8,6 +8,7 @@ import os
 import uvicorn
 
 from gateway.app import create_app
+from gateway.auth import Authenticator
 from gateway.config import Settings
 from gateway.embedded import EmbeddedServer
 
@@ -16,6 +17,11 @@ log = logging.getLogger("gateway.server")
 
 def serve(settings: Settings) -> int:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        authenticator = Authenticator(settings)  # refuse bad settings before anything starts
+    except (ValueError, OSError) as exc:
+        log.error("not starting: %s", exc)
+        return 2
     embedded = None
     if settings.redis_url is None:
         embedded = EmbeddedServer()
@@ -24,6 +30,8 @@ def serve(settings: Settings) -> int:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        # The app logs requests itself, with tokens in query strings redacted (gateway.access_log).
+        access_log=False,
         # A backstop only: the app ends its streams itself on SIGTERM (see gateway.app).
         timeout_graceful_shutdown=settings.shutdown_grace,
     )
@@ -35,7 +43,7 @@ def serve(settings: Settings) -> int:
         else:
             # uvicorn re-raises SIGTERM after its shutdown, so nothing after run() is sure to run: the app's
             # lifespan stops the embedded server instead.
-            app = create_app(settings, on_shutdown=embedded.stop if embedded else None)
+            app = create_app(settings, authenticator=authenticator, on_shutdown=embedded.stop if embedded else None)
             uvicorn.run(app, **options)
     finally:
         if embedded is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 
 from starlette.types import Receive, Scope, Send
 
@@ -37,11 +38,14 @@ class EventStream:
         channels: tuple[str, ...],
         cursor: dict[str, StreamId] | None,
         settings: Settings,
+        *,
+        expires_at: float | None = None,
     ) -> None:
         self.hub = hub
         self.channels = channels
         self.cursor = cursor
         self.settings = settings
+        self.expires_at = expires_at
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         settings = self.settings
@@ -68,7 +72,10 @@ class EventStream:
                 subscriber.start_at(await start_positions(self.hub.broker, self.channels, self.cursor))
                 await replay(self.hub.broker, self.hub, subscriber, write)
             while subscriber.close_reason is None:
-                if not await subscriber.wait(settings.heartbeat):
+                if not await subscriber.wait(self._quiet_limit()):
+                    if self._expired():
+                        subscriber.close("auth_expired")
+                        break
                     await write(HEARTBEAT)
                 elif chunk := subscriber.take():
                     await write(chunk)
@@ -94,6 +101,15 @@ class EventStream:
             await self.hub.detach(subscriber)
             log.debug("stream closed reason=%s", subscriber.close_reason)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    def _quiet_limit(self) -> float:
+        """How long to wait for frames: the heartbeat interval, or less when the token expires sooner."""
+        if self.expires_at is None:
+            return self.settings.heartbeat
+        return max(0.0, min(self.settings.heartbeat, self.expires_at - time.time()))
+
+    def _expired(self) -> bool:
+        return self.expires_at is not None and time.time() >= self.expires_at
 
 
 async def _close_on_disconnect(receive: Receive, subscriber: Subscriber) -> None:

@@ -1,0 +1,201 @@
+"""Who may subscribe to and publish on which channels: JWTs (pyjwt), API keys and public channel patterns.
+
+A token's claims name the channel globs it grants::
+
+    {"sub": "dashboard-7", "exp": 1795780000, "sse": {"subscribe": ["stocks.*", "news"], "publish": ["stocks.*"]}}
+
+A token is read from ``Authorization: Bearer``, then the auth cookie, then the ``access_token`` query parameter.
+Each algorithm family needs its own kind of key, so an RSA public key can never be used as an HMAC secret and
+``none`` is never accepted.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hmac
+import ipaddress
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from starlette.requests import HTTPConnection
+
+from gateway.config import Settings, split_list
+from gateway.errors import Forbidden, Unauthorized
+
+log = logging.getLogger("gateway.auth")
+
+CLAIM = "sse"
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What a request may do; ``expires_at`` (epoch seconds) ends a stream opened with it."""
+
+    subscribe: tuple[str, ...] = ()
+    publish: tuple[str, ...] = ()
+    expires_at: float | None = None
+
+    def may_subscribe(self, channel: str) -> bool:
+        return _matches(channel, self.subscribe)
+
+    def may_publish(self, channel: str) -> bool:
+        return _matches(channel, self.publish)
+
+
+OPEN = Grant(subscribe=("*",), publish=("*",))
+
+
+class Authenticator:
+    def __init__(self, settings: Settings) -> None:
+        self.enabled = auth_enabled(settings)
+        self.cookie = settings.auth_cookie
+        self.audience = settings.jwt_audience
+        self.public = split_list(settings.public_channels)
+        self._api_keys = [key.encode() for key in split_list(settings.api_keys)]
+        self._secret = settings.jwt_secret
+        self._public_key = _load_public_key(settings.jwt_public_key_file) if settings.jwt_public_key_file else None
+        self._jwks = (
+            jwt.PyJWKSet.from_json(Path(settings.jwt_jwks_file).read_text()) if settings.jwt_jwks_file else None
+        )
+
+    def for_subscribe(self, connection: HTTPConnection, channels: Iterable[str]) -> Grant:
+        """The grant for a stream of ``channels``: every channel must be allowed, or none is (401/403)."""
+        if not self.enabled:
+            return OPEN
+        token = self._token(connection)
+        grant = self._verify(token) if token else Grant(subscribe=self.public)
+        refused = [c for c in channels if not (grant.may_subscribe(c) or _matches(c, self.public))]
+        if refused and token is None:
+            raise Unauthorized(f"a token is needed to subscribe to {', '.join(refused)}")
+        if refused:
+            raise Forbidden(f"the token does not grant subscribing to {', '.join(refused)}")
+        return grant
+
+    def for_publish(self, connection: HTTPConnection, channel: str) -> None:
+        if not self.enabled:
+            return
+        api_key = connection.headers.get("x-api-key")
+        if api_key is not None:
+            if any(hmac.compare_digest(api_key.encode(), key) for key in self._api_keys):
+                return
+            raise Unauthorized("the API key is not valid")
+        token = self._token(connection)
+        if token is None:
+            raise Unauthorized("publishing needs a token or an API key")
+        if not self._verify(token).may_publish(channel):
+            raise Forbidden(f"the token does not grant publishing to {channel}")
+
+    def _token(self, connection: HTTPConnection) -> str | None:
+        scheme, _, credentials = connection.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and credentials.strip():
+            return credentials.strip()
+        return connection.cookies.get(self.cookie) or connection.query_params.get("access_token") or None
+
+    def _verify(self, token: str) -> Grant:
+        try:
+            header = jwt.get_unverified_header(token)
+            key, algorithm = self._key_for(header)
+            claims = jwt.decode(
+                token, key, algorithms=[algorithm], audience=self.audience, options={"require": ["exp"]}
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("the token has expired") from None
+        except (jwt.InvalidTokenError, KeyError, ValueError) as exc:
+            raise Unauthorized(f"the token is not valid: {_reason(exc)}") from None
+        granted = claims.get(CLAIM) or {}
+        if not isinstance(granted, dict):
+            raise Unauthorized(f"the token's {CLAIM!r} claim must be an object")
+        return Grant(
+            subscribe=_patterns(granted.get("subscribe")),
+            publish=_patterns(granted.get("publish")),
+            expires_at=float(claims["exp"]),
+        )
+
+    def _key_for(self, header: dict) -> tuple[object, str]:
+        algorithm = header.get("alg")
+        if algorithm == "HS256" and self._secret:
+            return self._secret, algorithm
+        if algorithm in ("RS256", "ES256"):
+            if self._jwks is not None and header.get("kid"):
+                jwk = self._jwks[header["kid"]]
+                if jwk.algorithm_name == algorithm:
+                    return jwk.key, algorithm
+            if self._public_key is not None and _key_fits(self._public_key, algorithm):
+                return self._public_key, algorithm
+        raise ValueError(f"no configured key verifies algorithm {algorithm!r}")
+
+
+def auth_enabled(settings: Settings) -> bool:
+    """Whether requests are checked; raises ValueError for a non-loopback gateway left open by accident."""
+    if settings.auth == "off":
+        log.warning("authentication is OFF (auth=off): anyone who can reach the gateway may subscribe and publish")
+        return False
+    configured = bool(
+        settings.jwt_secret or settings.jwt_public_key_file or settings.jwt_jwks_file or settings.api_keys
+    )
+    if settings.auth == "jwt" or configured:
+        if not configured:
+            raise ValueError("auth=jwt needs a JWT secret, public key, JWKS file or API key")
+        return True
+    if settings.auth != "auto":
+        raise ValueError(f"auth must be auto, jwt or off, not {settings.auth!r}")
+    if _is_loopback(settings.host):
+        log.warning(
+            "authentication is OFF: no JWT key or API key is configured, and the gateway listens on loopback "
+            "(%s) only. Configure a key before exposing it.",
+            settings.host,
+        )
+        return False
+    raise ValueError(
+        f"the gateway would listen on {settings.host} with no JWT key or API key configured: set "
+        "SSE_GATEWAY_JWT_SECRET (or a public key, JWKS file or API key), or SSE_GATEWAY_AUTH=off to run it open"
+    )
+
+
+def _matches(channel: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatchcase(channel, pattern) for pattern in patterns)
+
+
+def _patterns(value: object) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return tuple(value)
+    raise Unauthorized(f"the token's {CLAIM!r} claim must list channel patterns as strings")
+
+
+def _load_public_key(path: str) -> object:
+    key = load_pem_public_key(Path(path).read_bytes())
+    if not isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
+        raise ValueError(f"{path}: only RSA (RS256) and EC P-256 (ES256) public keys are supported")
+    return key
+
+
+def _load_jwks(path: str) -> jwt.PyJWKSet:
+    return jwt.PyJWKSet.from_json(Path(path).read_text())
+
+
+def _key_fits(key: object, algorithm: str) -> bool:
+    return isinstance(key, rsa.RSAPublicKey) if algorithm == "RS256" else isinstance(key, ec.EllipticCurvePublicKey)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc) or type(exc).__name__
+    return json.dumps(text)[1:-1][:200]
