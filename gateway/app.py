@@ -20,6 +20,7 @@ from gateway.access_log import AccessLog
 from gateway.auth import Authenticator
 from gateway.broker import Broker, connect
 from gateway.config import Settings, split_list
+from gateway.demo import DemoPublisher
 from gateway.errors import GatewayError, error_response
 from gateway.hub import Hub
 from gateway.routes import routes
@@ -32,6 +33,7 @@ def create_app(
     *,
     authenticator: Authenticator | None = None,
     on_shutdown: Callable[[], None] | None = None,
+    demo: bool = False,
 ) -> Starlette:
     """The gateway for ``settings.redis_url``; ``on_shutdown`` runs last, after every stream has ended.
 
@@ -50,10 +52,15 @@ def create_app(
         app.state.hub = hub
         app.state.auth = authenticator
         restore_signals = _drain_on_exit_signals(hub)
+        publisher = DemoPublisher(hub.broker) if demo else None
+        if publisher is not None:
+            publisher.start()
         try:
             yield
         finally:
             restore_signals()
+            if publisher is not None:
+                await publisher.stop()
             await hub.stop()
             await client.aclose()
             if on_shutdown is not None:

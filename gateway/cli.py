@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -42,7 +43,18 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-channels", type=int, help="channels per connection (default 16)")
     serve.add_argument("--max-body-bytes", type=int, help="largest publish body (default 1048576)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default info")
+    serve.add_argument("--auth", choices=["auto", "jwt", "off"], help="SSE_GATEWAY_AUTH (default auto)")
+    serve.add_argument("--jwt-secret", help="HS256 secret (SSE_GATEWAY_JWT_SECRET)")
+    serve.add_argument("--jwt-public-key-file", help="PEM public key for RS256/ES256 (SSE_GATEWAY_JWT_PUBLIC_KEY_FILE)")
+    serve.add_argument("--jwt-jwks-file", help="JWKS file for RS256/ES256 (SSE_GATEWAY_JWT_JWKS_FILE)")
+    serve.add_argument("--public-channels", help="globs anyone may subscribe to (SSE_GATEWAY_PUBLIC_CHANNELS)")
+    serve.add_argument("--cors-origins", help="origins allowed to use the gateway (SSE_GATEWAY_CORS_ORIGINS)")
     serve.set_defaults(command="serve", run=_serve)
+
+    demo = commands.add_parser("demo", help="run the gateway with a simulated stock and news publisher")
+    demo.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    demo.add_argument("--port", type=int, help="port (default 8000)")
+    demo.set_defaults(command="demo", run=_demo)
 
     publish = commands.add_parser("publish", help="publish one event")
     publish.add_argument("channel")
@@ -58,6 +70,18 @@ def _parser() -> argparse.ArgumentParser:
     listen.add_argument("--last-event-id", help="resume after this id")
     listen.add_argument("--json", action="store_true", help="one JSON object per event")
     listen.set_defaults(command="listen", run=_listen)
+
+    token = commands.add_parser("token", help="mint a JWT granting channel patterns")
+    token.add_argument("--subscribe", action="append", default=[], metavar="GLOB", help="may subscribe (repeatable)")
+    token.add_argument("--publish", action="append", default=[], metavar="GLOB", help="may publish (repeatable)")
+    token.add_argument("--ttl", type=float, default=3600, help="seconds until it expires (default 3600)")
+    token.add_argument("--secret", default=os.environ.get("SSE_GATEWAY_JWT_SECRET"), help="HS256 secret")
+    token.add_argument("--private-key", help="PEM private key file, for RS256 or ES256")
+    token.add_argument("--algorithm", choices=["HS256", "RS256", "ES256"], help="default HS256, or RS256 with a key")
+    token.add_argument("--subject", help="the sub claim")
+    token.add_argument("--audience", default=os.environ.get("SSE_GATEWAY_JWT_AUDIENCE"), help="the aud claim")
+    token.add_argument("--kid", help="key id header, to pick a key from a JWKS")
+    token.set_defaults(command="token", run=_token)
     return parser
 
 
@@ -77,8 +101,22 @@ def _serve(args: argparse.Namespace) -> int:
         max_channels=args.max_channels,
         max_body_bytes=args.max_body_bytes,
         log_level=args.log_level,
+        auth=args.auth,
+        jwt_secret=args.jwt_secret,
+        jwt_public_key_file=args.jwt_public_key_file,
+        jwt_jwks_file=args.jwt_jwks_file,
+        public_channels=args.public_channels,
+        cors_origins=args.cors_origins,
     )
     return serve(settings)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from gateway.server import serve
+
+    # Always on the embedded server, so the simulated feed never lands in a real deployment's Redis.
+    settings = Settings.from_env().replace(host=args.host, port=args.port)
+    return serve(dataclasses.replace(settings, redis_url=None, workers=1), demo=True)
 
 
 def _publish(args: argparse.Namespace) -> int:
@@ -113,6 +151,29 @@ async def _publish_to_redis(url: str, channel: str, data: str, event: str | None
         return {"channel": channel, "id": await broker.publish(validate_channel(channel), data, event)}
     finally:
         await client.aclose()
+
+
+def _token(args: argparse.Namespace) -> int:
+    from gateway.tokens import mint
+
+    try:
+        print(
+            mint(
+                subscribe=args.subscribe,
+                publish=args.publish,
+                ttl=args.ttl,
+                secret=args.secret,
+                private_key_file=args.private_key,
+                algorithm=args.algorithm,
+                subject=args.subject,
+                audience=args.audience,
+                key_id=args.kid,
+            )
+        )
+    except (ValueError, OSError) as exc:
+        print(f"sse-gateway token: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _listen(args: argparse.Namespace) -> int:

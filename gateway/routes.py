@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from gateway.config import Settings
 from gateway.cursor import channel_set, parse_cursor
@@ -80,10 +81,18 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+async def demo_redirect(request: Request) -> Response:
+    return RedirectResponse("/demo/" + (f"?{request.url.query}" if request.url.query else ""))
+
+
 routes = [
     Route("/events", events, methods=["GET"]),
     Route("/events/{channel:path}", events, methods=["GET"]),
     Route("/publish/{channel:path}", publish, methods=["POST"]),
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
+    Route("/demo", demo_redirect, methods=["GET"]),
+    # The static pages of clients/web/, shipped in the wheel as the sse_gateway_web package.
+    Mount("/demo/", StaticFiles(packages=[("sse_gateway_web", "demo")], html=True)),
+    Mount("/web/", StaticFiles(packages=[("sse_gateway_web", ".")], html=True)),
 ]

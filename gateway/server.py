@@ -15,7 +15,7 @@ from gateway.embedded import EmbeddedServer
 log = logging.getLogger("gateway.server")
 
 
-def serve(settings: Settings) -> int:
+def serve(settings: Settings, *, demo: bool = False) -> int:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         authenticator = Authenticator(settings)  # refuse bad settings before anything starts
@@ -43,7 +43,11 @@ def serve(settings: Settings) -> int:
         else:
             # uvicorn re-raises SIGTERM after its shutdown, so nothing after run() is sure to run: the app's
             # lifespan stops the embedded server instead.
-            app = create_app(settings, authenticator=authenticator, on_shutdown=embedded.stop if embedded else None)
+            app = create_app(
+                settings, authenticator=authenticator, on_shutdown=embedded.stop if embedded else None, demo=demo
+            )
+            if demo:
+                log.info("demo running: open http://%s:%s/demo/ in a browser", settings.host, settings.port)
             uvicorn.run(app, **options)
     finally:
         if embedded is not None:
