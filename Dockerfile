@@ -21,5 +21,5 @@ ENV SSE_GATEWAY_HOST=0.0.0.0 \
     SSE_GATEWAY_PORT=8000
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"]
+    CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('SSE_GATEWAY_PORT', '8000'), timeout=2)"
 CMD ["sse-gateway", "serve"]

@@ -71,8 +71,13 @@ class EmbeddedServer:
             "--appendonly", "no",
             "--logfile", str(self.log_path),
         ]  # fmt: skip
+        # Its own session: a Ctrl-C in the terminal goes to the gateway, which then stops the server in order.
         self._process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, preexec_fn=_die_with_parent
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         while not _answers_ping(self.socket_path):
