@@ -7,17 +7,23 @@ turns it off and logs through this middleware instead.
 from __future__ import annotations
 
 import logging
-import re
+from urllib.parse import unquote_plus
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger("gateway.access")
 
-_SECRET_PARAMETER = re.compile(r"((?:^|&)(?:access_token|token|api_key)=)[^&]*", re.IGNORECASE)
+SECRET_PARAMETERS = frozenset({"access_token", "token", "api_key"})
 
 
 def redact_query(query: str) -> str:
-    return _SECRET_PARAMETER.sub(r"\1[redacted]", query)
+    """The query string with the value of every credential parameter replaced, however its name is encoded."""
+    pieces = []
+    for piece in query.split("&"):
+        name, sep, _ = piece.partition("=")
+        secret = unquote_plus(name).strip().lower() in SECRET_PARAMETERS
+        pieces.append(f"{name}{sep}[redacted]" if secret and sep else piece)
+    return "&".join(pieces)
 
 
 class AccessLog:

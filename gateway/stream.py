@@ -62,6 +62,14 @@ class EventStream:
             finally:
                 subscriber.writing = False
 
+        if subscriber.close_reason is None:
+            # Fixed before the client sees the stream open, so nothing published after its `onopen` counts as old.
+            try:
+                subscriber.start_at(await start_positions(self.hub.broker, self.channels, self.cursor))
+            except RedisUnavailable as exc:
+                subscriber.close("redis_unavailable")
+                log.warning("stream closed: %s", exc.detail)
+
         await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
         await write(encode_comment("connected") + encode_retry(settings.retry_ms))
         watcher = asyncio.create_task(_close_on_disconnect(receive, subscriber))
@@ -69,7 +77,6 @@ class EventStream:
         log.debug("stream opened channels=%s", ",".join(subscriber.channels))
         try:
             if subscriber.close_reason is None:
-                subscriber.start_at(await start_positions(self.hub.broker, self.channels, self.cursor))
                 await replay(self.hub.broker, self.hub, subscriber, write)
             while subscriber.close_reason is None:
                 if not await subscriber.wait(self._quiet_limit()):
