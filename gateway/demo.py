@@ -59,9 +59,13 @@ class DemoPublisher:
             await asyncio.sleep(PRICE_INTERVAL)
 
     async def _news(self) -> None:
+        headlines = self.random.sample(HEADLINES, len(HEADLINES))
+        for index in range(3):  # a few at once, so a fresh page has something to show
+            await self._publish("news", {"headline": headlines[index], "time": _now_ms()})
+            await asyncio.sleep(0.5)
         while True:
-            await self._publish("news", {"headline": self.random.choice(HEADLINES), "time": _now_ms()})
             await asyncio.sleep(NEWS_INTERVAL)
+            await self._publish("news", {"headline": self.random.choice(HEADLINES), "time": _now_ms()})
 
     async def _publish(self, channel: str, body: dict[str, object]) -> None:
         try:

@@ -94,10 +94,13 @@ class RedisProcess:
 
 
 class GatewayProcess:
-    """``python -m gateway serve`` in a subprocess on a free port."""
+    """``python -m gateway serve`` (or ``demo``) in a subprocess on a free port."""
 
-    def __init__(self, redis_url: str | None, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, redis_url: str | None, *args: str, env: dict[str, str] | None = None, command: str = "serve"
+    ) -> None:
         self.port = free_port()
+        self.command = command
         self.redis_url = redis_url
         self.args = args
         self.env = {**os.environ, "SSE_GATEWAY_HEARTBEAT": "1", "SSE_GATEWAY_RETRY_MS": "200", **(env or {})}
@@ -109,7 +112,7 @@ class GatewayProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> GatewayProcess:
-        command = [sys.executable, "-m", "gateway", "serve", "--port", str(self.port), *self.args]
+        command = [sys.executable, "-m", "gateway", self.command, "--port", str(self.port), *self.args]
         if self.redis_url:
             command += ["--redis-url", self.redis_url]
         with open(self.log_path, "ab") as log:
