@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from gateway.config import Settings
+from sse_gateway_client.cli import add_credential_options
 
 DEFAULT_GATEWAY_URL = "http://127.0.0.1:8000"
 
@@ -62,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     publish.add_argument("--event", help="event type")
     publish.add_argument("--url", default=os.environ.get("SSE_GATEWAY_URL", DEFAULT_GATEWAY_URL), help="gateway URL")
     publish.add_argument("--redis-url", help="publish straight into this Redis instead of through the gateway")
+    add_credential_options(publish, api_key=True)
     publish.set_defaults(command="publish", run=_publish)
 
     listen = commands.add_parser("listen", help="print a stream's events, reconnecting with Last-Event-ID")
@@ -69,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     listen.add_argument("--url", default=os.environ.get("SSE_GATEWAY_URL", DEFAULT_GATEWAY_URL), help="gateway URL")
     listen.add_argument("--last-event-id", help="resume after this id")
     listen.add_argument("--json", action="store_true", help="one JSON object per event")
+    add_credential_options(listen, api_key=False)
     listen.set_defaults(command="listen", run=_listen)
 
     token = commands.add_parser("token", help="mint a JWT granting channel patterns")
@@ -133,7 +136,9 @@ def _publish(args: argparse.Namespace) -> int:
         from sse_gateway_client import GatewayClientError, publish
 
         try:
-            result = publish(args.channel, data, event=args.event, base_url=args.url)
+            result = publish(
+                args.channel, data, event=args.event, base_url=args.url, token=args.token, api_key=args.api_key
+            )
         except GatewayClientError as exc:
             print(f"sse-gateway publish: {exc}", file=sys.stderr)
             return 1
@@ -179,7 +184,7 @@ def _token(args: argparse.Namespace) -> int:
 def _listen(args: argparse.Namespace) -> int:
     from sse_gateway_client.cli import run_listen
 
-    return run_listen(args.channels, args.url, args.last_event_id, args.json)
+    return run_listen(args.channels, args.url, args.last_event_id, args.json, args.token)
 
 
 if __name__ == "__main__":  # pragma: no cover

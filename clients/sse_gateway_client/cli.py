@@ -37,11 +37,15 @@ def format_event(event: ServerSentEvent, channels: Sequence[str], *, as_json: bo
 
 
 def run_listen(
-    channels: Sequence[str], url: str = DEFAULT_BASE_URL, last_event_id: str | None = None, as_json: bool = False
+    channels: Sequence[str],
+    url: str = DEFAULT_BASE_URL,
+    last_event_id: str | None = None,
+    as_json: bool = False,
+    token: str | None = None,
 ) -> int:
     """Print events until interrupted, reconnecting as needed; return a process exit code."""
     try:
-        for event in subscribe(channels, base_url=url, last_event_id=last_event_id):
+        for event in subscribe(channels, base_url=url, last_event_id=last_event_id, token=token):
             print(format_event(event, channels, as_json=as_json), flush=True)
     except KeyboardInterrupt:
         return 0
@@ -55,10 +59,17 @@ def run_listen(
     return 0
 
 
-def run_publish(channel: str, data: str | bytes, event: str | None = None, url: str = DEFAULT_BASE_URL) -> int:
+def run_publish(
+    channel: str,
+    data: str | bytes,
+    event: str | None = None,
+    url: str = DEFAULT_BASE_URL,
+    token: str | None = None,
+    api_key: str | None = None,
+) -> int:
     """Publish one message and print the gateway's JSON answer; return a process exit code."""
     try:
-        answer = publish(channel, data, event=event, base_url=url)
+        answer = publish(channel, data, event=event, base_url=url, token=token, api_key=api_key)
     except GatewayClientError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -76,18 +87,29 @@ def _parser() -> argparse.ArgumentParser:
     listen.add_argument("--url", default=_default_url(), help=url_help)
     listen.add_argument("--last-event-id", metavar="ID", help="resume after this event id")
     listen.add_argument("--json", action="store_true", help="print one JSON object per event")
+    add_credential_options(listen, api_key=False)
 
     send = commands.add_parser("publish", help="publish one message")
     send.add_argument("channel", metavar="CHANNEL")
     send.add_argument("data", metavar="DATA", help="message body; '-' reads it from stdin")
     send.add_argument("--event", metavar="TYPE", help="event type (default: message)")
     send.add_argument("--url", default=_default_url(), help=url_help)
+    add_credential_options(send, api_key=True)
     return parser
+
+
+def add_credential_options(parser: argparse.ArgumentParser, *, api_key: bool) -> None:
+    """--token (and --api-key), defaulting to SSE_GATEWAY_TOKEN and SSE_GATEWAY_API_KEY."""
+    parser.add_argument("--token", default=os.environ.get("SSE_GATEWAY_TOKEN"), help="JWT (default $SSE_GATEWAY_TOKEN)")
+    if api_key:
+        parser.add_argument(
+            "--api-key", default=os.environ.get("SSE_GATEWAY_API_KEY"), help="API key (default $SSE_GATEWAY_API_KEY)"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "listen":
-        return run_listen(args.channels, args.url, args.last_event_id, args.json)
+        return run_listen(args.channels, args.url, args.last_event_id, args.json, args.token)
     data = sys.stdin.buffer.read() if args.data == "-" else args.data
-    return run_publish(args.channel, data, args.event, args.url)
+    return run_publish(args.channel, data, args.event, args.url, args.token, args.api_key)

@@ -30,18 +30,24 @@ def publish(
     event: str | None = None,
     base_url: str = DEFAULT_BASE_URL,
     timeout: float = 10.0,
+    token: str | None = None,
+    api_key: str | None = None,
 ) -> dict[str, Any]:
-    """Publish `data` on `channel` and return the gateway's answer, `{"channel": ..., "id": ...}`."""
+    """Publish `data` on `channel` and return the gateway's answer, `{"channel": ..., "id": ...}`.
+
+    `token` (a JWT with a publish grant) is sent as a Bearer token, `api_key` as `X-API-Key`.
+    """
     if isinstance(data, str):
         content, content_type = data.encode("utf-8"), "text/plain; charset=utf-8"
     else:
         content, content_type = bytes(data), "application/octet-stream"
     url = _url(base_url, "publish", channel)
     params = {"event": event} if event is not None else {}
+    headers = {"Content-Type": content_type, **_credentials(token)}
+    if api_key:
+        headers["X-API-Key"] = api_key
     try:
-        response = httpx.post(
-            url, content=content, params=params, headers={"Content-Type": content_type}, timeout=timeout
-        )
+        response = httpx.post(url, content=content, params=params, headers=headers, timeout=timeout)
     except httpx.TransportError as exc:
         raise GatewayConnectionError(f"cannot publish to {url}: {exc}") from exc
     if response.status_code != 201:
@@ -73,6 +79,7 @@ class Subscription:
         read_timeout: float = 45.0,
         connect_timeout: float = 10.0,
         http_client: httpx.Client | None = None,
+        token: str | None = None,
     ) -> None:
         self.channels = (channels,) if isinstance(channels, str) else tuple(channels)
         if not self.channels:
@@ -87,6 +94,7 @@ class Subscription:
         # The read timeout must outlast the server's heartbeat interval, so only a dead connection trips it.
         self._timeout = httpx.Timeout(connect_timeout, read=read_timeout)
         self._http = http_client
+        self._credentials = _credentials(token)
         self._parser = SSEParser(last_event_id or "")
         self._closed = threading.Event()
 
@@ -137,7 +145,7 @@ class Subscription:
 
     def _connect_once(self, http: httpx.Client) -> Generator[ServerSentEvent, None, bool]:
         """Stream one connection's events; return False when the gateway said 204 (stop reconnecting)."""
-        headers: dict[str, str | bytes] = {"Accept": _EVENT_STREAM, "Cache-Control": "no-cache"}
+        headers: dict[str, str | bytes] = {"Accept": _EVENT_STREAM, "Cache-Control": "no-cache", **self._credentials}
         if self.last_event_id:
             # Ids are UTF-8 text; httpx would encode a str header as ASCII and fail on anything else.
             headers["Last-Event-ID"] = self.last_event_id.encode("utf-8")
@@ -167,6 +175,7 @@ def subscribe(
     reconnect: bool = True,
     max_reconnects: int | None = None,
     default_retry_ms: int = 3000,
+    token: str | None = None,
 ) -> Iterator[ServerSentEvent]:
     """Iterate over the events of `channels`, reconnecting like a browser; see `Subscription`."""
     subscription = Subscription(
@@ -176,5 +185,10 @@ def subscribe(
         reconnect=reconnect,
         max_reconnects=max_reconnects,
         default_retry_ms=default_retry_ms,
+        token=token,
     )
     return iter(subscription)
+
+
+def _credentials(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
