@@ -60,9 +60,7 @@ class Authenticator:
         self._api_keys = [key.encode() for key in split_list(settings.api_keys)]
         self._secret = settings.jwt_secret
         self._public_key = _load_public_key(settings.jwt_public_key_file) if settings.jwt_public_key_file else None
-        self._jwks = (
-            jwt.PyJWKSet.from_json(Path(settings.jwt_jwks_file).read_text()) if settings.jwt_jwks_file else None
-        )
+        self._jwks = _load_jwks(settings.jwt_jwks_file) if settings.jwt_jwks_file else None
 
     def for_subscribe(self, connection: HTTPConnection, channels: Iterable[str]) -> Grant:
         """The grant for a stream of ``channels``: every channel must be allowed, or none is (401/403)."""
@@ -180,7 +178,10 @@ def _load_public_key(path: str) -> object:
 
 
 def _load_jwks(path: str) -> jwt.PyJWKSet:
-    return jwt.PyJWKSet.from_json(Path(path).read_text())
+    try:
+        return jwt.PyJWKSet.from_json(Path(path).read_text())
+    except (jwt.PyJWKSetError, jwt.PyJWKError, jwt.InvalidKeyError) as exc:
+        raise ValueError(f"{path}: {exc}") from None
 
 
 def _key_fits(key: object, algorithm: str) -> bool:

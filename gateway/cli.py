@@ -23,7 +23,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    return args.run(args)
+    try:
+        return args.run(args)
+    except ValueError as exc:  # settings that cannot work, from flags or SSE_GATEWAY_* variables
+        print(f"sse-gateway {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 def _parser() -> argparse.ArgumentParser:

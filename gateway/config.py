@@ -30,6 +30,8 @@ class Settings:
     # A client whose unsent frames pass either bound is disconnected; it resumes with Last-Event-ID.
     client_buffer_events: int = 1024
     client_buffer_bytes: int = 4 * 1024 * 1024
+    # A client that accepts no bytes for this long is disconnected.
+    send_timeout: float = 30.0
     # Bound on how long a stream may take to shut down on SIGTERM before uvicorn cancels it.
     shutdown_grace: float = 5.0
     log_level: str = "info"
@@ -46,6 +48,15 @@ class Settings:
     auth_cookie: str = "sse_token"
     cors_origins: str = ""
     cors_credentials: bool = False
+
+    def __post_init__(self) -> None:
+        positive = ("heartbeat", "max_channels", "max_body_bytes", "client_buffer_events", "client_buffer_bytes")
+        for name in (*positive, "send_timeout", "workers"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be greater than 0, not {getattr(self, name)}")
+        for name in ("retry_ms", "buffer_maxlen", "buffer_max_age", "shutdown_grace"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative, not {getattr(self, name)}")
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with the given fields changed; None values are ignored so unset CLI flags keep the default."""

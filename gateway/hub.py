@@ -26,6 +26,8 @@ class Hub:
         self.broker = broker
         self.upstream = Upstream(redis_url, broker.naming, self.deliver, self._catch_up)
         self._subscribers: dict[str, set[Subscriber]] = {}
+        # Every stream from its first moment to its end, attached or not yet, so a drain reaches all of them.
+        self._open: set[Subscriber] = set()
         self.evictions = 0
         self.draining = False
 
@@ -41,19 +43,37 @@ class Hub:
         for subscriber in self._subscribers.get(event.channel, ()):
             subscriber.offer(event)
 
+    def open(self, subscriber: Subscriber) -> None:
+        """Register a new stream; during a drain it is closed at once."""
+        self._open.add(subscriber)
+        if self.draining:
+            subscriber.close("shutdown")
+
     async def attach(self, subscriber: Subscriber) -> None:
-        """Start delivering the subscriber's channels to it; returns once Redis confirmed every subscription."""
+        """Start delivering the subscriber's channels to it; returns once Redis confirmed every subscription.
+
+        Returns early if the subscriber is closed meanwhile; raises RedisUnavailable if Redis does not confirm.
+        """
+        confirmations = []
         for channel in subscriber.channels:
             self._subscribers.setdefault(channel, set()).add(subscriber)
+            confirmations.append(self.upstream.subscribe(channel))
+        pending = [asyncio.ensure_future(c.wait()) for c in confirmations if not c.is_set()]
+        if not pending:
+            return
+        closed = asyncio.ensure_future(subscriber.closed.wait())
         try:
-            await asyncio.wait_for(
-                asyncio.gather(*(self.upstream.subscribe(c) for c in subscriber.channels)), SUBSCRIBE_TIMEOUT
-            )
-        except TimeoutError:
-            raise RedisUnavailable("Redis did not confirm the subscription in time") from None
+            confirmed = asyncio.gather(*pending)
+            done, _ = await asyncio.wait({confirmed, closed}, timeout=SUBSCRIBE_TIMEOUT, return_when="FIRST_COMPLETED")
+            if not done:
+                raise RedisUnavailable("Redis did not confirm the subscription in time")
+        finally:
+            for future in (*pending, closed):
+                future.cancel()
 
-    async def detach(self, subscriber: Subscriber) -> None:
-        if subscriber.close_reason == "overflow":
+    def detach(self, subscriber: Subscriber) -> None:
+        self._open.discard(subscriber)
+        if subscriber.close_reason in ("overflow", "stalled"):
             self.evictions += 1
         for channel in subscriber.channels:
             listeners = self._subscribers.get(channel)
@@ -62,24 +82,19 @@ class Hub:
             listeners.discard(subscriber)
             if not listeners:
                 del self._subscribers[channel]
-            await self.upstream.unsubscribe(channel)
+            self.upstream.unsubscribe(channel)
 
     def drain(self) -> None:
         """End every open stream and refuse new ones: the server is shutting down."""
         self.draining = True
-        self.close_all("shutdown")
-
-    def close_all(self, reason: str) -> None:
-        for listeners in list(self._subscribers.values()):
-            for subscriber in list(listeners):
-                subscriber.close(reason)
+        for subscriber in list(self._open):
+            subscriber.close("shutdown")
 
     @property
     def connections(self) -> int:
-        return len({s for listeners in self._subscribers.values() for s in listeners})
+        return len(self._open)
 
-    async def _catch_up(self, channels: list[str]) -> None:
-        for channel in channels:
-            listeners = [s for s in self._subscribers.get(channel, ()) if s.close_reason is None]
-            if listeners:
-                await catch_up(self.broker, channel, listeners)
+    async def _catch_up(self, channel: str) -> None:
+        listeners = [s for s in self._subscribers.get(channel, ()) if s.close_reason is None]
+        if listeners:
+            await catch_up(self.broker, channel, listeners)

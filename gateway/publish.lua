@@ -6,6 +6,9 @@ local event_type = ARGV[3]
 if string.find(event_type, '[\r\n%z]') then
   return redis.error_reply('ERR event type must not contain CR, LF or NUL')
 end
+if event_type == 'gap' or #event_type > 512 then
+  return redis.error_reply('ERR event type must not be the reserved gap, nor longer than 512 bytes (128 characters)')
+end
 -- Each entry remembers the id before it, so a reader can tell "trimmed up to my cursor" from "entries lost after it".
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 local previous = ''

@@ -3,8 +3,8 @@
 A subscriber is brought up to date in this order, and only this order is race-free:
 
 1. subscribe upstream and wait for Redis to confirm; from then on live events are *held* by the subscriber;
-2. read the backlog after the subscriber's cursor with XRANGE and send it, preceded by one ``gap`` event when
-   entries after the cursor were already trimmed;
+2. read the backlog after the subscriber's cursor with XRANGE and send it, page by page, with one ``gap`` event
+   wherever entries after the last position sent were already trimmed;
 3. go live: queue the held events, dropping every id at or below the last one sent.
 
 A fresh connection (no Last-Event-ID) takes each channel's newest buffered id as its cursor, read *before* step 1,
@@ -39,42 +39,44 @@ def trimmed_after(position: StreamId, first: Entry) -> StreamId | None:
     return first_id if lost else None
 
 
-async def start_positions(broker: Broker, channels: tuple[str, ...], cursor: dict[str, StreamId] | None):
+async def start_positions(
+    broker: Broker, channels: tuple[str, ...], cursor: dict[str, StreamId] | None
+) -> dict[str, StreamId]:
     """The cursor a stream starts from: the client's Last-Event-ID, or else the newest id of each channel."""
     if cursor is not None:
         return cursor
     return {channel: await broker.tail(channel) for channel in channels}
 
 
-async def replay(broker: Broker, hub: Hub, subscriber: Subscriber, send: Callable[[bytes], Awaitable[None]]) -> None:
+async def replay(hub: Hub, subscriber: Subscriber, send: Callable[[bytes], Awaitable[None]]) -> None:
     """Steps 1-3 above. Raises RedisUnavailable if Redis fails meanwhile."""
     await hub.attach(subscriber)
     for channel in subscriber.channels:
-        position = subscriber.positions[channel]
-        first_page = True
-        async for page in broker.backlog(channel, position):
-            if first_page and (first_available := trimmed_after(position, page[0])) is not None:
-                subscriber.offer_gap(channel, position, first_available)
-            first_page = False
+        async for page in hub.broker.backlog(channel, subscriber.positions[channel]):
+            # Checked on every page: the buffer may be trimmed past a page's end while it is being sent.
+            _offer_gap_if_trimmed(subscriber, channel, page[0])
             subscriber.accept([from_stream_entry(channel, entry_id, fields) for entry_id, fields in page])
             if subscriber.close_reason is not None:
                 return
             await send(subscriber.take())
-    subscriber.go_live()
+    if subscriber.close_reason is None:
+        subscriber.go_live()
 
 
 async def catch_up(broker: Broker, channel: str, listeners: list[Subscriber]) -> None:
     """After the upstream reconnects: deliver what Pub/Sub dropped, from the buffer, to the channel's listeners."""
     oldest = min(listener.positions[channel] for listener in listeners)
-    first_page = True
     async for page in broker.backlog(channel, oldest):
-        if first_page:
-            for listener in listeners:
-                position = listener.positions[channel]
-                if not listener.replaying and (first_available := trimmed_after(position, page[0])) is not None:
-                    listener.offer_gap(channel, position, first_available)
-            first_page = False
+        for listener in listeners:
+            if not listener.replaying:  # a replaying listener checks its own backlog for gaps
+                _offer_gap_if_trimmed(listener, channel, page[0])
         for entry_id, fields in page:
             event = from_stream_entry(channel, entry_id, fields)
             for listener in listeners:
                 listener.offer(event)
+
+
+def _offer_gap_if_trimmed(subscriber: Subscriber, channel: str, first: Entry) -> None:
+    position = subscriber.positions[channel]
+    if (first_available := trimmed_after(position, first)) is not None:
+        subscriber.offer_gap(channel, position, first_available)

@@ -1,7 +1,8 @@
 """The SSE response: a plain ASGI callable that writes one subscriber's frames to one HTTP client.
 
-It flushes the headers at once with a comment and a ``retry:`` hint, replays the backlog, then writes whatever the
-subscriber has queued, in one write per wake-up, with a heartbeat comment whenever the stream has been quiet.
+It fixes the client's starting position, flushes the headers at once with a comment, a ``retry:`` hint and that
+position as an ``id:``, replays the backlog, then writes whatever the subscriber has queued, in one write per
+wake-up, with a heartbeat comment whenever the stream has been quiet.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Awaitable
+from typing import TypeVar
 
 from starlette.types import Receive, Scope, Send
 
@@ -29,6 +32,7 @@ HEADERS = [
     (b"x-accel-buffering", b"no"),
 ]
 HEARTBEAT = encode_comment("keepalive")
+T = TypeVar("T")
 
 
 class EventStream:
@@ -52,32 +56,47 @@ class EventStream:
         subscriber = Subscriber(
             self.channels, max_events=settings.client_buffer_events, max_bytes=settings.client_buffer_bytes
         )
-        if self.hub.draining:
-            subscriber.close("shutdown")
+        self.hub.open(subscriber)
+        try:
+            await self._stream(subscriber, receive, send)
+        finally:
+            self.hub.detach(subscriber)
+            log.debug("stream closed channels=%s reason=%s", ",".join(self.channels), subscriber.close_reason)
+
+    async def _stream(self, subscriber: Subscriber, receive: Receive, send: Send) -> None:
+        settings = self.settings
 
         async def write(body: bytes) -> None:
             subscriber.writing = True
             try:
-                await send({"type": "http.response.body", "body": body, "more_body": True})
+                async with asyncio.timeout(settings.send_timeout):
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
+            except TimeoutError:
+                subscriber.close("stalled")  # it accepted nothing for send_timeout: it resumes when it reads again
+                raise _Stalled from None
             finally:
                 subscriber.writing = False
 
-        if subscriber.close_reason is None:
-            # Fixed before the client sees the stream open, so nothing published after its `onopen` counts as old.
-            try:
-                subscriber.start_at(await start_positions(self.hub.broker, self.channels, self.cursor))
-            except RedisUnavailable as exc:
-                subscriber.close("redis_unavailable")
-                log.warning("stream closed: %s", exc.detail)
+        # Fixed before the client sees the stream open, so nothing published after its `onopen` counts as old.
+        try:
+            positions = await _unless_closed(subscriber, start_positions(self.hub.broker, self.channels, self.cursor))
+        except RedisUnavailable as exc:
+            subscriber.close("redis_unavailable")
+            log.warning("stream closed: %s", exc.detail)
+            positions = None
+        opening = encode_comment("connected") + encode_retry(settings.retry_ms)
+        if positions is not None:
+            subscriber.start_at(positions)
+            # The id tells a client that receives no event before it drops where to resume from.
+            opening = opening[:-1] + f"id: {subscriber.last_event_id}\n\n".encode()
 
         await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
-        await write(encode_comment("connected") + encode_retry(settings.retry_ms))
         watcher = asyncio.create_task(_close_on_disconnect(receive, subscriber))
         subscriber.writer = asyncio.current_task()
-        log.debug("stream opened channels=%s", ",".join(subscriber.channels))
         try:
+            await write(opening)
             if subscriber.close_reason is None:
-                await replay(self.hub.broker, self.hub, subscriber, write)
+                await replay(self.hub, subscriber, write)
             while subscriber.close_reason is None:
                 if not await subscriber.wait(self._quiet_limit()):
                     if self._expired():
@@ -93,20 +112,20 @@ class EventStream:
             # A transient problem ends the stream (the client retries); a 5xx would stop a browser for good.
             subscriber.close("redis_unavailable")
             log.warning("stream closed: %s", exc.detail)
+        except _Stalled:
+            return  # the response cannot end cleanly: the client is not reading
         except Exception:
             subscriber.close("error")
             log.exception("stream failed")
         except asyncio.CancelledError:
-            if subscriber.close_reason != "overflow":
+            if not subscriber.writer_cancelled:
                 raise
-            # Evicted while blocked writing to a client that stopped reading: give up on this response.
+            # Closed while blocked writing to a client that stopped reading: this response cannot end cleanly.
             asyncio.current_task().uncancel()
             return
         finally:
             subscriber.writer = None
             watcher.cancel()
-            await self.hub.detach(subscriber)
-            log.debug("stream closed reason=%s", subscriber.close_reason)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     def _quiet_limit(self) -> float:
@@ -117,6 +136,24 @@ class EventStream:
 
     def _expired(self) -> bool:
         return self.expires_at is not None and time.time() >= self.expires_at
+
+
+class _Stalled(Exception):
+    """The client accepted no bytes for the send timeout."""
+
+
+async def _unless_closed(subscriber: Subscriber, work: Awaitable[T]) -> T | None:
+    """The result of ``work``, or None as soon as the subscriber is closed (a drain must not wait on Redis)."""
+    task = asyncio.ensure_future(work)
+    closed = asyncio.ensure_future(subscriber.closed.wait())
+    try:
+        await asyncio.wait({task, closed}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        closed.cancel()
+    if not task.done():
+        task.cancel()
+        return None
+    return task.result()
 
 
 async def _close_on_disconnect(receive: Receive, subscriber: Subscriber) -> None:

@@ -11,7 +11,7 @@ import asyncio
 import json
 from collections.abc import Sequence
 
-from gateway.cursor import StreamId, channel_set_tag, format_cursor, format_position, format_stream_id
+from gateway.cursor import ZERO, StreamId, channel_set_tag, format_cursor, format_position, format_stream_id
 from gateway.events import Event
 from gateway.sse import encode_event
 
@@ -28,13 +28,16 @@ class Subscriber:
         self._max_bytes = max_bytes
         self._frames: list[bytes] = []
         self._size = 0
-        # While the backlog is being read, live events wait here unfiltered; see gateway.replay.
+        # While the backlog is being read, live events wait here; see gateway.replay.
         self._held: list[Event] | None = []
+        self._held_size = 0
         self._wakeup = asyncio.Event()
         self.close_reason: str | None = None
+        self.closed = asyncio.Event()
         # The task writing to the client, set while the response runs: eviction cancels it if it is stuck.
         self.writer: asyncio.Task[None] | None = None
         self.writing = False
+        self.writer_cancelled = False
 
     # -- called by the hub; never awaits ------------------------------------------------------------------------
 
@@ -42,8 +45,12 @@ class Subscriber:
         if self.close_reason is not None:
             return
         if self._held is not None:
+            stream_id = event.stream_id
+            if stream_id is not None and stream_id <= self.positions.get(event.channel, ZERO):
+                return  # already behind the cursor (a catch-up read re-offers such events)
             self._held.append(event)
-            if len(self._held) > self._max_events:
+            self._held_size += len(event.frame)
+            if len(self._held) > self._max_events or self._held_size > self._max_bytes:
                 self.close("overflow")
             return
         self._queue(event)
@@ -57,8 +64,12 @@ class Subscriber:
             self.close_reason = reason
             self._frames.clear()
             self._size = 0
+            self._held = None if self._held is None else []
             self._wakeup.set()
-            if reason == "overflow" and self.writing and self.writer is not None:
+            self.closed.set()
+            if self.writing and self.writer is not None:
+                # Blocked writing to a client that does not read: waiting on it would hold up the close.
+                self.writer_cancelled = True
                 self.writer.cancel()
 
     # -- called by the client's own task ------------------------------------------------------------------------
@@ -74,7 +85,7 @@ class Subscriber:
 
     def go_live(self) -> None:
         """End the replay: queue the live events held meanwhile, dropping those the backlog already covered."""
-        held, self._held = self._held or [], None
+        held, self._held, self._held_size = self._held or [], None, 0
         for event in held:
             self._queue(event)
 

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import jwt
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from gateway.auth import CLAIM
 
@@ -39,7 +41,11 @@ def mint(
         claims["aud"] = audience
     headers = {"kid": key_id} if key_id else None
     if private_key_file:
-        return jwt.encode(claims, Path(private_key_file).read_bytes(), algorithm=algorithm or "RS256", headers=headers)
+        key = load_pem_private_key(Path(private_key_file).read_bytes(), password=None)
+        fitting = "ES256" if isinstance(key, ec.EllipticCurvePrivateKey) else "RS256"
+        if algorithm not in (None, fitting):
+            raise ValueError(f"{private_key_file} holds a key for {fitting}, not {algorithm}")
+        return jwt.encode(claims, key, algorithm=fitting, headers=headers)
     if not secret:
         raise ValueError("give a secret (HS256) or a private key file (RS256/ES256)")
     return jwt.encode(claims, secret, algorithm="HS256", headers=headers)

@@ -1,8 +1,11 @@
 """The process's one Redis Pub/Sub connection: reference-counted subscriptions, reconnect with backoff.
 
 Pub/Sub delivers at most once, so whatever was published while the connection was down is gone from it. After
-every reconnect the upstream resubscribes, waits for Redis to confirm, and then calls ``on_resubscribed`` so the
-hub can fill the gap from the replay buffers before any newer live message is read.
+every reconnect the upstream resubscribes, and as Redis confirms each channel it calls ``on_resubscribed`` so the
+hub can fill the gap from the replay buffer before any newer live message of that channel is read.
+
+A channel is unsubscribed a moment after its last local subscriber leaves, and only once Redis has confirmed its
+subscription: so a SUBSCRIBE confirmation can never be mistaken for a later one of the same channel.
 """
 
 from __future__ import annotations
@@ -10,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
 from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
@@ -19,6 +21,7 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from gateway.broker import tcp_options
+from gateway.errors import RedisUnavailable
 from gateway.events import Event, decode_pubsub
 from gateway.naming import Naming
 
@@ -28,6 +31,17 @@ log = logging.getLogger("gateway.upstream")
 # half-open sockets that a blocking read would wait on for ever.
 SILENCE_BEFORE_PING = 5.0
 BACKOFF_START, BACKOFF_MAX = 0.05, 2.0
+# Browsers reconnect within seconds: keeping an idle subscription a little while saves an UNSUBSCRIBE/SUBSCRIBE pair.
+UNSUBSCRIBE_DELAY = 1.0
+
+
+class _Channel:
+    __slots__ = ("refcount", "sent", "confirmed")
+
+    def __init__(self) -> None:
+        self.refcount = 0
+        self.sent = False  # SUBSCRIBE sent on the current connection
+        self.confirmed = asyncio.Event()  # Redis confirmed it on the current connection
 
 
 class Upstream:
@@ -36,7 +50,7 @@ class Upstream:
         url: str,
         naming: Naming,
         on_event: Callable[[Event], None],
-        on_resubscribed: Callable[[list[str]], Awaitable[None]],
+        on_resubscribed: Callable[[str], Awaitable[None]],
     ) -> None:
         # Its own client with no retries inside redis-py: every failure must reach the loop below, which alone
         # knows that a catch-up read is needed after the reconnect.
@@ -44,11 +58,10 @@ class Upstream:
         self._naming = naming
         self._on_event = on_event
         self._on_resubscribed = on_resubscribed
-        self._refcounts: dict[str, int] = {}
-        # One future per SUBSCRIBE sent, resolved in order by Redis's confirmations.
-        self._confirmations: dict[str, deque[asyncio.Future[None]]] = {}
-        self._pubsub: aioredis.client.PubSub | None = None
+        self._channels: dict[str, _Channel] = {}
+        self._pubsub: aioredis.client.PubSub | None = None  # set only while the connection is usable
         self._task: asyncio.Task[None] | None = None
+        self._sends: set[asyncio.Task[None]] = set()
         self.connected = asyncio.Event()
         self.reconnects = 0
 
@@ -56,47 +69,59 @@ class Upstream:
         self._task = asyncio.create_task(self._run(), name="gateway-upstream")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in [self._task, *self._sends]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self._client.aclose()
 
-    async def subscribe(self, channel: str) -> None:
-        """Count one more local subscriber; the first one subscribes upstream and waits for Redis to confirm."""
-        count = self._refcounts.get(channel, 0)
-        self._refcounts[channel] = count + 1
-        if count:
-            waiting = self._confirmations.get(channel)
-            if waiting:
-                await asyncio.shield(waiting[-1])
-            return
-        confirmed = self._expect_confirmation(channel)
-        if self._pubsub is not None and self.connected.is_set():
-            # On failure the reader loop notices too, reconnects and subscribes every wanted channel.
-            with contextlib.suppress(RedisError, OSError):
-                await self._pubsub.subscribe(self._naming.pubsub_channel(channel))
-        await asyncio.shield(confirmed)
+    def subscribe(self, channel: str) -> asyncio.Event:
+        """Count one more local subscriber; returns the event set once Redis has confirmed the subscription."""
+        state = self._channels.get(channel)
+        if state is None:
+            state = self._channels[channel] = _Channel()
+        state.refcount += 1
+        if not state.sent and self._pubsub is not None:
+            self._send(state, channel)
+        return state.confirmed
 
-    async def unsubscribe(self, channel: str) -> None:
-        count = self._refcounts.get(channel, 0) - 1
-        if count > 0:
-            self._refcounts[channel] = count
+    def unsubscribe(self, channel: str) -> None:
+        state = self._channels.get(channel)
+        if state is None:
             return
-        self._refcounts.pop(channel, None)
-        # Pending confirmations stay queued: Redis still answers the SUBSCRIBEs they stand for, in order.
-        if self._pubsub is not None and self.connected.is_set():
-            with contextlib.suppress(RedisError, OSError):
-                await self._pubsub.unsubscribe(self._naming.pubsub_channel(channel))
+        state.refcount -= 1
+        if state.refcount <= 0:
+            asyncio.get_running_loop().call_later(UNSUBSCRIBE_DELAY, self._drop_if_idle, channel, state)
 
     @property
     def channels(self) -> list[str]:
-        return list(self._refcounts)
+        return [channel for channel, state in self._channels.items() if state.refcount > 0]
 
-    def _expect_confirmation(self, channel: str) -> asyncio.Future[None]:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._confirmations.setdefault(channel, deque()).append(future)
-        return future
+    def _send(self, state: _Channel, channel: str, command: str = "subscribe") -> None:
+        assert self._pubsub is not None
+        state.sent = command == "subscribe"
+        method = self._pubsub.subscribe if command == "subscribe" else self._pubsub.unsubscribe
+        task = asyncio.create_task(self._quietly(method(self._naming.pubsub_channel(channel))))
+        self._sends.add(task)
+        task.add_done_callback(self._sends.discard)
+
+    @staticmethod
+    async def _quietly(command: Awaitable[object]) -> None:
+        # A failed send means a failed connection, which the reader loop notices and repairs on its own.
+        with contextlib.suppress(RedisError, OSError):
+            await command
+
+    def _drop_if_idle(self, channel: str, state: _Channel) -> None:
+        if self._channels.get(channel) is not state or state.refcount > 0:
+            return
+        if state.sent and not state.confirmed.is_set():
+            # Its SUBSCRIBE is still unanswered: unsubscribing now could let that answer pass for a later one's.
+            asyncio.get_running_loop().call_later(UNSUBSCRIBE_DELAY, self._drop_if_idle, channel, state)
+            return
+        del self._channels[channel]
+        if state.sent and self._pubsub is not None:
+            self._send(state, channel, "unsubscribe")
 
     async def _run(self) -> None:
         backoff = BACKOFF_START
@@ -106,41 +131,38 @@ class Upstream:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - whatever broke the connection, the cure is a new one
-                self.connected.clear()
-                self.reconnects += 1
                 log.warning("redis pub/sub connection lost (%s); reconnecting in %.2fs", exc, backoff)
+            if self.connected.is_set():  # the session had been up: start the backoff afresh
+                backoff = BACKOFF_START
+            self.connected.clear()
+            self.reconnects += 1
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX)
-            if self.connected.is_set():
-                backoff = BACKOFF_START
 
     async def _session(self) -> None:
-        """One connection's life: subscribe to every wanted channel, catch up, then read until it fails."""
+        """One connection's life: subscribe to every wanted channel, then read (and catch up) until it fails."""
         pubsub = self._client.pubsub()
         try:
             await pubsub.ping()  # connects; raises if Redis is not there
+            for channel, state in list(self._channels.items()):
+                state.sent = False
+                state.confirmed = asyncio.Event() if state.confirmed.is_set() else state.confirmed
+                if state.refcount <= 0:
+                    del self._channels[channel]
             wanted = self.channels
-            self._renew_confirmations(wanted)
+            for state in self._channels.values():
+                state.sent = True
             if wanted:
                 await pubsub.subscribe(*(self._naming.pubsub_channel(c) for c in wanted))
             self._pubsub = pubsub
             self.connected.set()
+            for channel, state in self._channels.items():  # asked for while the subscriptions above were sent
+                if not state.sent:
+                    self._send(state, channel)
             await self._read(pubsub, catch_up=set(wanted) if self.reconnects else set())
         finally:
             self._pubsub = None
-            self.connected.clear()
             await pubsub.aclose()
-
-    def _renew_confirmations(self, wanted: list[str]) -> None:
-        """A new connection answers only its own SUBSCRIBEs: one per wanted channel stands in for all older ones."""
-        stale, self._confirmations = self._confirmations, {}
-        for channel in wanted:
-            fresh = self._expect_confirmation(channel)
-            for older in stale.pop(channel, ()):
-                fresh.add_done_callback(lambda _, older=older: older.done() or older.set_result(None))
-        for leftovers in stale.values():
-            for older in leftovers:
-                older.cancel()
 
     async def _read(self, pubsub: aioredis.client.PubSub, catch_up: set[str]) -> None:
         loop = asyncio.get_running_loop()
@@ -161,17 +183,24 @@ class Upstream:
             kind = message["type"]
             if kind == "message":
                 channel = self._naming.channel_of(message["channel"].decode())
-                if channel is not None:
-                    self._on_event(decode_pubsub(channel, message["data"]))
+                if channel is not None and (event := decode_pubsub(channel, message["data"])) is not None:
+                    self._on_event(event)
             elif kind == "subscribe":
                 channel = self._naming.channel_of(message["channel"].decode())
-                waiting = self._confirmations.get(channel or "")
-                if waiting:
-                    confirmed = waiting.popleft()
-                    if not confirmed.done():
-                        confirmed.set_result(None)
+                state = self._channels.get(channel or "")
+                if state is None or channel is None:
+                    continue
                 if channel in catch_up:
                     # Live again: fill what Pub/Sub dropped while the connection was down, before reading on, so
                     # that the channel's events still reach subscribers in order.
                     catch_up.discard(channel)
-                    await self._on_resubscribed([channel])
+                    await self._catch_up(channel)
+                state.confirmed.set()
+
+    async def _catch_up(self, channel: str) -> None:
+        try:
+            await self._on_resubscribed(channel)
+        except (RedisError, OSError, RedisUnavailable):
+            raise  # the connection is in trouble: reconnect, and catch up again
+        except Exception:  # one channel's bad entry must not stop every channel's live delivery
+            log.exception("catch-up of channel %s failed", channel)

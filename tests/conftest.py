@@ -39,9 +39,13 @@ CHROMIUM_ARGS = [
 ]  # fmt: skip
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    """Debian's headless Chromium (never a downloaded browser); its absence fails the browser tests."""
+    """Debian's headless Chromium (never a downloaded browser); its absence fails the browser tests.
+
+    Module-scoped: Playwright's sync API holds an event loop while it runs, which the asyncio tests of later
+    modules must not find.
+    """
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium package (the browser tests need it)")
     with sync_playwright() as playwright:

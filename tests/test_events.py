@@ -46,11 +46,19 @@ def test_non_utf8_plain_payload_becomes_replacement_characters() -> None:
 
 
 @pytest.mark.parametrize(
+    ("event_type", "expected"),
+    [(b"ev\ril", None), (b"ev\x00il", None), (b"gap", None), (b"x" * 129, None), (b"\xff", "\ufffd"), (b"ok", "ok")],
+)
+def test_envelope_with_a_type_sse_cannot_carry_keeps_its_id_and_loses_the_type(event_type, expected) -> None:
+    event = decode_pubsub("news", envelope(b"1-0", event_type, b"data"))
+    assert (event.stream_id, event.type, event.data) == ((1, 0), expected, "data")
+    parser = SSEParser()
+    assert parser.feed(event.frame) == [ServerSentEvent(data="data", event=expected or "message", id="1-0")]
+
+
+@pytest.mark.parametrize(
     "payload",
     [
-        envelope(b"1-0", b"ev\ril", b"data"),
-        envelope(b"1-0", b"ev\x00il", b"data"),
-        envelope(b"1-0", b"\xff", b"data"),
         envelope(b"not-an-id", b"t", b"data"),
         envelope(b"1-0\rretry: 1", b"t", b"data"),
         envelope(b"", b"t", b"data"),
@@ -59,13 +67,8 @@ def test_non_utf8_plain_payload_becomes_replacement_characters() -> None:
         ENVELOPE_MARK,
     ],
 )
-def test_forged_or_damaged_envelope_is_streamed_as_plain_data(payload: bytes) -> None:
-    event = decode_pubsub("news", payload)
-    text = payload.decode("utf-8", errors="replace")
-    assert (event.stream_id, event.type, event.data) == (None, None, text)
-    parser = SSEParser()
-    assert parser.feed(event.frame) == [ServerSentEvent(data=text.replace("\r\n", "\n").replace("\r", "\n"))]
-    assert parser.retry is None
+def test_envelope_with_a_damaged_id_is_skipped_not_streamed(payload: bytes) -> None:
+    assert decode_pubsub("news", payload) is None
 
 
 def test_payload_that_merely_contains_the_mark_later_is_plain() -> None:
@@ -90,9 +93,10 @@ def test_multi_body_has_no_id_line_and_is_built_once() -> None:
     assert event.multi_body is event.multi_body
 
 
-def test_event_refuses_a_type_that_would_forge_fields() -> None:
-    with pytest.raises(ValueError):
-        Event("prices", (1, 0), "tick\ndata: forged", "a")
+def test_event_drops_a_type_that_would_forge_fields() -> None:
+    event = Event("prices", (1, 0), "tick\ndata: forged", "a")
+    assert event.type is None
+    assert SSEParser().feed(event.frame) == [ServerSentEvent(data="a", id="1-0")]
 
 
 def test_from_stream_entry_reads_type_and_data() -> None:

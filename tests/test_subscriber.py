@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import json
 
+import pytest
+
 from gateway.cursor import channel_set, parse_cursor
 from gateway.events import Event
 from gateway.subscriber import Subscriber, gap_frame
@@ -202,11 +204,21 @@ async def test_overflow_cancels_a_writer_stuck_in_a_send() -> None:
     assert stuck.cancelled()
 
 
-async def test_other_close_reasons_leave_the_writer_alone() -> None:
+async def test_close_while_not_writing_leaves_the_writer_alone() -> None:
     subscriber = live(["a"])
     busy = asyncio.create_task(asyncio.sleep(3600))
-    subscriber.writer, subscriber.writing = busy, True
+    subscriber.writer, subscriber.writing = busy, False
     subscriber.close("client_left")
     await asyncio.sleep(0)
-    assert not busy.done()
+    assert not busy.done() and not subscriber.writer_cancelled
     busy.cancel()
+
+
+@pytest.mark.parametrize("reason", ["shutdown", "auth_expired", "client_left"])
+async def test_any_close_while_blocked_writing_cancels_the_writer(reason) -> None:
+    subscriber = live(["a"])
+    stuck = asyncio.create_task(asyncio.sleep(3600))
+    subscriber.writer, subscriber.writing = stuck, True
+    subscriber.close(reason)
+    await asyncio.sleep(0)
+    assert stuck.cancelled() and subscriber.writer_cancelled

@@ -1,0 +1,237 @@
+"""Authorization end to end: real gateways (HS256, RS256 and ES256 public keys, a JWKS) over one real Redis.
+
+The matrix crosses every signer with token kinds, transports and operations, and checks each case on its own: the
+status, the error code, ``WWW-Authenticate`` on 401, no event data on a refused stream, and nothing written to the
+Redis buffer on a refused publish. Run with ``-s`` to see the tally of cases and unauthorized reads and writes.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+from tests.auth_setup import (
+    EC,
+    RSA,
+    KeyPair,
+    Result,
+    auth_gateways,
+    claims,
+    hs256,
+    read_stream,
+    unsigned,
+    with_flipped_signature,
+    with_payload,
+)
+from tests.servers import GatewayProcess, RedisProcess
+
+# Same kid and algorithm as the trusted keys, other key material.
+ROGUE_RSA, ROGUE_EC = KeyPair.generate("RS256", "rsa-1"), KeyPair.generate("ES256", "ec-1")
+
+SIGNERS = {"hs": "hs", "rs": "rs", "es": "es", "jwks-rs": "jwks", "jwks-es": "jwks"}  # signer -> gateway
+VALID = ("granted", "subscribe-only", "other-channel")
+INVALID = (
+    "expired",
+    "tampered-payload",
+    "tampered-signature",
+    "alg-none",
+    "hs256-keyed-with-public-key",
+    "untrusted-key",  # for the HS256 gateway: an RS256 token
+    "wrong-audience",
+    "missing-exp",
+    "garbage",
+)
+TRANSPORTS = ("bearer", "cookie", "query")
+OPERATIONS = ("subscribe", "subscribe-public", "multi-granted", "multi-partial", "replay", "publish")
+TALLY: Counter[str] = Counter()
+
+
+@dataclass(frozen=True)
+class Case:
+    signer: str
+    kind: str
+    transport: str
+    operation: str
+
+    def __str__(self) -> str:
+        return f"{self.signer}/{self.kind}/{self.transport}/{self.operation}"
+
+    @property
+    def expected(self) -> int:
+        if self.kind in INVALID:
+            return 401
+        if self.operation == "subscribe-public":
+            return 200
+        if self.kind == "none":
+            return 401
+        if self.operation == "publish":
+            return 201 if self.kind == "granted" else 403
+        if self.operation == "multi-partial" or self.kind == "other-channel":
+            return 403
+        return 200
+
+
+PAIRS = [("none", "-"), *itertools.product(VALID + INVALID, TRANSPORTS)]
+CASES = [Case(signer, kind, transport, op) for signer in SIGNERS for kind, transport in PAIRS for op in OPERATIONS]
+
+
+@pytest.fixture(scope="module")
+def gateways(redis_server: RedisProcess, tmp_path_factory: pytest.TempPathFactory):
+    with auth_gateways(redis_server.url, tmp_path_factory.mktemp("auth-keys")) as processes:
+        yield processes
+
+
+@pytest.fixture(scope="module")
+def tokens() -> dict[str, dict[str, str]]:
+    return {signer: _tokens_for(signer) for signer in SIGNERS}
+
+
+@pytest.fixture(scope="module")
+def http():
+    with httpx.Client(timeout=5) as client:
+        yield client
+
+
+def _tokens_for(signer: str) -> dict[str, str]:
+    trusted, rogue, public = {
+        "hs": (None, RSA, RSA.public_pem),
+        "rs": (RSA, ROGUE_RSA, RSA.public_pem),
+        "es": (EC, ROGUE_EC, EC.public_pem),
+        "jwks-rs": (RSA, ROGUE_RSA, json.dumps(RSA.jwk()).encode()),
+        "jwks-es": (EC, ROGUE_EC, json.dumps(EC.jwk()).encode()),
+    }[signer]
+    sign = trusted.sign if trusted else hs256
+    now = int(time.time())
+    granted = claims(["g.*"], ["g.*"])
+    return {
+        "granted": sign(granted),
+        "subscribe-only": sign(claims(["g.*"])),
+        "other-channel": sign(claims(["o.*"], ["o.*"])),
+        "expired": sign(claims(["g.*"], ["g.*"], iat=now - 120, exp=now - 60)),
+        "tampered-payload": with_payload(sign(claims(["o.*"])), claims(["*"], ["*"])),
+        "tampered-signature": with_flipped_signature(sign(granted)),
+        "alg-none": unsigned(granted),
+        "hs256-keyed-with-public-key": hs256(granted, public, **({"kid": trusted.kid} if trusted else {})),
+        "untrusted-key": rogue.sign(granted),
+        "wrong-audience": sign(claims(["g.*"], ["g.*"], aud="someone-else")),
+        "missing-exp": sign(claims(["g.*"], ["g.*"], exp=None)),
+        "garbage": f"garbage-{signer}-not-a-jwt",
+    }
+
+
+def _credentials(transport: str, token: str | None) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    if token is None:
+        return {}, []
+    if transport == "bearer":
+        return {"Authorization": f"Bearer {token}"}, []
+    if transport == "cookie":
+        return {"Cookie": f"sse_token={token}"}, []
+    return {}, [("access_token", token)]
+
+
+def _run(case: Case, http, gateway: GatewayProcess, redis_server: RedisProcess, token: str | None) -> Result:
+    headers, params = _credentials(case.transport, token)
+    stream = functools.partial(read_stream, http, redis_server, headers=headers)
+    mine = f"g.{uuid.uuid4().hex[:10]}"
+    if case.operation == "subscribe":
+        return stream(f"{gateway.url}/events/{mine}", params=params, publish_to=mine)
+    if case.operation == "subscribe-public":
+        return stream(f"{gateway.url}/events/public.{mine}", params=params, publish_to=f"public.{mine}")
+    if case.operation in ("multi-granted", "multi-partial"):
+        other = f"{mine}-b" if case.operation == "multi-granted" else f"x.{mine}"
+        return stream(f"{gateway.url}/events", params=[("channel", mine), ("channel", other), *params], publish_to=mine)
+    if case.operation == "replay":
+        first = redis_server.publish_with_script(mine, "backlog-1")
+        redis_server.publish_with_script(mine, "backlog-2")
+        url = f"{gateway.url}/events/{mine}"
+        return read_stream(http, redis_server, url, headers={**headers, "Last-Event-ID": first}, params=params)
+    response = http.post(f"{gateway.url}/publish/{mine}", headers=headers, params=params, content="write-attempt")
+    written = redis_server.client().xlen(f"sse:{{{mine}}}:buffer")
+    return Result(response.status_code, response.headers, response.content, written=written)
+
+
+def _tally_and_check(result: Result, expected: int, description: str, *, data: str = "live") -> None:
+    """Count the case and what it let through, then check it: the status, and for a refusal its JSON error, its
+    WWW-Authenticate header (on 401 only), no event data read and nothing written."""
+    TALLY["cases"] += 1
+    refused = expected in (401, 403)
+    if refused and (result.status == 200 or result.events or b"data:" in result.body):
+        TALLY["unauthorized reads"] += 1
+    if refused and (result.status == 201 or result.written):
+        TALLY["unauthorized writes"] += 1
+    assert result.status == expected, f"{description}: {result.status} {result.body[:200]!r} {result.events}"
+    if expected == 200:
+        assert result.events == [data]
+    elif expected == 201:
+        assert result.written == 1 and json.loads(result.body)["id"]
+    else:
+        assert result.headers["content-type"] == "application/json"
+        assert json.loads(result.body)["error"] == {401: "unauthorized", 403: "forbidden"}[expected]
+        assert (result.headers.get("www-authenticate", "").startswith("Bearer")) is (expected == 401)
+        assert (result.events, result.written) == ([], 0)
+        assert b"data:" not in result.body
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_authorization_matrix(case, gateways, tokens, redis_server, http):
+    token = None if case.kind == "none" else tokens[case.signer][case.kind]
+    result = _run(case, http, gateways[SIGNERS[case.signer]], redis_server, token)
+    _tally_and_check(result, case.expected, str(case), data="backlog-2" if case.operation == "replay" else "live")
+
+
+API_KEY_CASES = [
+    ("hs", "key-one", None, 201),
+    ("hs", "key-two", None, 201),
+    ("hs", "key-one", "other-channel", 201),
+    ("hs", "key-three", None, 401),
+    ("hs", "KEY-ONE", None, 401),
+    ("hs", "key-one,key-two", None, 401),
+    ("hs", "", None, 401),
+    ("hs", "key-three", "granted", 401),
+    ("rs", "key-one", None, 401),
+    ("jwks", "key-two", None, 401),
+]
+
+
+@pytest.mark.parametrize(("gateway_name", "api_key", "kind", "expected"), API_KEY_CASES)
+def test_publish_with_api_key(gateway_name, api_key, kind, expected, gateways, tokens, redis_server, http):
+    channel = f"g.{uuid.uuid4().hex[:10]}"
+    headers = {"X-API-Key": api_key}
+    if kind is not None:
+        headers["Authorization"] = f"Bearer {tokens['hs'][kind]}"
+    response = http.post(f"{gateways[gateway_name].url}/publish/{channel}", headers=headers, content="x")
+    written = redis_server.client().xlen(f"sse:{{{channel}}}:buffer")
+    result = Result(response.status_code, response.headers, response.content, written=written)
+    _tally_and_check(result, expected, f"X-API-Key {api_key!r} with token {kind}")
+
+
+def test_api_key_does_not_open_a_stream(gateways, redis_server, http):
+    channel = f"g.{uuid.uuid4().hex[:10]}"
+    url = f"{gateways['hs'].url}/events/{channel}"
+    result = read_stream(http, redis_server, url, headers={"X-API-Key": "key-one"}, publish_to=channel)
+    _tally_and_check(result, 401, "API key on a stream")
+
+
+def test_matrix_summary_no_unauthorized_reads_or_writes_and_no_token_in_logs(gateways, tokens):
+    total = len(CASES) + len(API_KEY_CASES) + 1
+    print(
+        f"\nauth matrix: {TALLY['cases']} of {total} cases tried; "
+        f"unauthorized reads: {TALLY['unauthorized reads']}; unauthorized writes: {TALLY['unauthorized writes']}"
+    )
+    assert (TALLY["unauthorized reads"], TALLY["unauthorized writes"]) == (0, 0)
+    logs = {name: gateway.log() for name, gateway in gateways.items()}
+    leaked = [
+        (name, kind) for name, log in logs.items() for kinds in tokens.values() for kind, t in kinds.items() if t in log
+    ]
+    assert leaked == []
+    if TALLY["cases"] != total:
+        pytest.skip(f"only {TALLY['cases']} of {total} matrix cases ran in this session")
+    assert "access_token=[redacted]" in logs["hs"]
