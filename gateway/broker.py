@@ -21,7 +21,8 @@ from gateway.sse import event_type_problem
 log = logging.getLogger("gateway.broker")
 
 PUBLISH_SCRIPT = resources.files("gateway").joinpath("publish.lua").read_text()
-BACKLOG_PAGE = 500
+# Entries read per XRANGE: each page is written to the client before the next is read, bounding its memory.
+BACKLOG_PAGE = 100
 
 Entry = tuple[bytes, dict[bytes, bytes]]
 

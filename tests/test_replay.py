@@ -191,3 +191,33 @@ async def _drain(stream):
             yield await stream.next_event(timeout=0.01)
         except (TimeoutError, EOFError):
             return
+
+
+async def test_client_that_saw_no_event_resumes_from_the_opening_id_without_loss(gateway, channel):
+    await publish(gateway.url, channel, "before it connected")
+    async with open_stream(f"{gateway.url}/events/{channel}") as stream:
+        await stream.read_raw_until(b"retry:")
+        opening_id = stream.parser.last_event_id
+    assert opening_id, "the opening frame carries the starting position"
+    missed = await publish_many(gateway.url, channel, ["a", "b", "c"])
+    async with open_stream(f"{gateway.url}/events/{channel}", last_event_id=opening_id) as stream:
+        assert [e.id for e in await stream.take(3)] == missed
+
+
+async def test_entries_missing_between_backlog_pages_give_one_gap_at_the_boundary(gateway, redis_server, channel):
+    # A trim while page one is being written leaves page two starting past a hole; XDEL makes that hole here.
+    redis = redis_server.client()
+    key = f"sse:{{{channel}}}:buffer"
+    previous = ""
+    for seq in range(1, 301):
+        redis.xadd(key, {"p": previous, "e": "", "d": f"m{seq}"}, id=f"1-{seq}")
+        previous = f"1-{seq}"
+    redis.xdel(key, *[f"1-{seq}" for seq in range(101, 151)])
+    async with open_stream(f"{gateway.url}/events/{channel}", last_event_id="0-0") as stream:
+        events = await stream.take(251)
+    gaps = [e for e in events if e.event == "gap"]
+    assert len(gaps) == 1
+    assert json.loads(gaps[0].data) == {"channel": channel, "requested": "1-100", "first_available": "1-151"}
+    data = [e.data for e in events if e.event == "message"]
+    assert data == [f"m{seq}" for seq in [*range(1, 101), *range(151, 301)]]
+    assert events.index(gaps[0]) == 100

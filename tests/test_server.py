@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.servers import GatewayProcess, wait_until
+from tests.servers import GatewayProcess, RedisProcess, wait_until
 from tests.streams import open_stream, publish
 
 
@@ -110,3 +110,22 @@ async def test_two_workers_with_embedded_server_serve_and_shut_down_together(cha
         )
     finally:
         gateway.stop()
+
+
+@pytest.mark.timeout(60)
+async def test_sigterm_ends_a_stream_that_is_still_opening_while_redis_is_paused(channel):
+    redis = RedisProcess().start()
+    gateway = GatewayProcess(redis.url).start()
+    try:
+        redis.pause()
+        opening = asyncio.create_task(httpx.AsyncClient(timeout=30).get(f"{gateway.url}/events/{channel}"))
+        await asyncio.sleep(0.5)  # the stream is waiting on Redis for its starting position
+        code = await asyncio.to_thread(gateway.terminate, 20)
+        assert code in (0, -signal.SIGTERM)
+        response = await opening
+        assert response.status_code == 200 and b"retry:" in response.content
+        assert "timeout graceful shutdown exceeded" not in gateway.log()
+    finally:
+        redis.resume()
+        gateway.stop()
+        redis.stop()

@@ -121,3 +121,58 @@ async def _queued(stream):
             yield await stream.next_event(timeout=0.01)
         except (TimeoutError, EOFError):
             return
+
+
+async def test_clients_coming_and_going_fast_leave_the_channel_working(gateway, redis_server, channel):
+    for _ in range(8):
+        async with open_stream(f"{gateway.url}/events/{channel}") as stream:
+            await stream.read_raw_until(b"retry:")
+    async with open_stream(f"{gateway.url}/events/{channel}") as stream:
+        await stream.read_raw_until(b"retry:")
+        event_id = await publish(gateway.url, channel, "still live")
+        assert (await stream.next_event()).id == event_id
+    await asyncio.to_thread(wait_until, lambda: redis_server.subscriptions(channel) == 0, what="the unsubscribe")
+
+
+@pytest.mark.timeout(60)
+async def test_new_channels_opened_while_the_upstream_reconnects_get_live_events(redis_server, channel):
+    gateway = GatewayProcess(redis_server.url).start()
+    try:
+        redis_server.client().client_kill_filter(_type="pubsub")
+        names = [f"{channel}-{i}" for i in range(5)]
+        contexts = [open_stream(f"{gateway.url}/events/{name}") for name in names]
+        streams = [await context.__aenter__() for context in contexts]
+        for stream in streams:
+            await stream.read_raw_until(b"retry:")
+        await asyncio.to_thread(wait_until, gateway.ready, what="the upstream back")
+        for name, stream in zip(names, streams, strict=True):
+            event_id = await publish(gateway.url, name, "after the reconnect")
+            assert (await stream.next_event()).id == event_id
+        for context in contexts:
+            await context.__aexit__(None, None, None)
+    finally:
+        gateway.stop()
+
+
+@pytest.mark.timeout(60)
+async def test_a_malformed_buffer_entry_does_not_stop_other_channels_after_a_reconnect(redis_server, channel):
+    gateway = GatewayProcess(redis_server.url).start()
+    bad, good = f"{channel}-bad", f"{channel}-good"
+    try:
+        async with (
+            open_stream(f"{gateway.url}/events/{bad}") as bad_stream,
+            open_stream(f"{gateway.url}/events/{good}") as good_stream,
+        ):
+            await bad_stream.read_raw_until(b"retry:")
+            await good_stream.read_raw_until(b"retry:")
+            # Written by some other program, bypassing every check: an event type that is not UTF-8 and has a CR.
+            redis_server.client().xadd(f"sse:{{{bad}}}:buffer", {"p": "", "e": b"\xff\rx", "d": b"odd \xfe data"})
+            redis_server.client().client_kill_filter(_type="pubsub")  # the catch-up will read that entry
+            odd = await bad_stream.next_event()
+            assert (odd.event, odd.data) == ("message", "odd \ufffd data")
+            await asyncio.to_thread(wait_until, gateway.ready, what="the upstream back")
+            event_id = await publish(gateway.url, good, "unaffected")
+            assert (await good_stream.next_event()).id == event_id
+        assert "Traceback" not in gateway.log()
+    finally:
+        gateway.stop()
