@@ -38,12 +38,11 @@ class AccessLog:
         async def logged_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 query = redact_query(scope.get("query_string", b"").decode("latin-1"))
-                client = scope.get("client") or ("-", 0)
-                log.info(
-                    '%s:%s - "%s %s%s HTTP/%s" %s',
-                    client[0], client[1], scope["method"], scope["path"], f"?{query}" if query else "",
-                    scope.get("http_version", "1.1"), message["status"],
-                )  # fmt: skip
+                client = "%s:%s" % (scope.get("client") or ("-", 0))
+                target = scope["path"] + ("?" + query if query else "")
+                request = f"{scope['method']} {target} HTTP/{scope.get('http_version', '1.1')}"
+                fields = {"client": client, "request": request, "status": message["status"]}
+                log.info('%s - "%s" %s', client, request, message["status"], extra={"fields": fields})
             await send(message)
 
         await self.app(scope, receive, logged_send)

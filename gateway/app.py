@@ -23,6 +23,7 @@ from gateway.config import Settings, split_list
 from gateway.demo import DemoPublisher
 from gateway.errors import GatewayError, error_response
 from gateway.hub import Hub
+from gateway.metrics import process_exited
 from gateway.routes import routes
 
 log = logging.getLogger("gateway.app")
@@ -63,6 +64,7 @@ def create_app(
                 await publisher.stop()
             await hub.stop()
             await client.aclose()
+            process_exited()
             if on_shutdown is not None:
                 on_shutdown()
 

@@ -48,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-channels", type=int, help="channels per connection (default 16)")
     serve.add_argument("--max-body-bytes", type=int, help="largest publish body (default 1048576)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default info")
+    serve.add_argument("--log-format", choices=["text", "json"], help="SSE_GATEWAY_LOG_FORMAT (default text)")
     serve.add_argument("--auth", choices=["auto", "jwt", "off"], help="SSE_GATEWAY_AUTH (default auto)")
     serve.add_argument("--jwt-secret", help="HS256 secret (SSE_GATEWAY_JWT_SECRET)")
     serve.add_argument("--jwt-public-key-file", help="PEM public key for RS256/ES256 (SSE_GATEWAY_JWT_PUBLIC_KEY_FILE)")
@@ -108,6 +109,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_channels=args.max_channels,
         max_body_bytes=args.max_body_bytes,
         log_level=args.log_level,
+        log_format=args.log_format,
         auth=args.auth,
         jwt_secret=args.jwt_secret,
         jwt_public_key_file=args.jwt_public_key_file,

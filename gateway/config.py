@@ -35,6 +35,7 @@ class Settings:
     # Bound on how long a stream may take to shut down on SIGTERM before uvicorn cancels it.
     shutdown_grace: float = 5.0
     log_level: str = "info"
+    log_format: str = "text"  # or "json": one object per line
     # Authentication: "auto" is on when a key is configured, off (loudly) for a loopback-only gateway without keys,
     # and refuses to start otherwise; "jwt" is always on; "off" lets anyone subscribe and publish.
     auth: str = "auto"

@@ -14,6 +14,7 @@ carry (or that imitates the gateway's own ``gap``) is dropped, leaving an untype
 from __future__ import annotations
 
 import logging
+import time
 
 from gateway.cursor import StreamId, format_stream_id, parse_stream_id
 from gateway.sse import data_lines, encode_event, event_type_problem
@@ -26,7 +27,7 @@ ENVELOPE_MARK = b"\x00sse1\n"
 class Event:
     """One message of one channel. ``frame`` is what a single-channel stream sends, to every client alike."""
 
-    __slots__ = ("channel", "stream_id", "type", "data", "frame", "_multi_body")
+    __slots__ = ("channel", "stream_id", "type", "data", "frame", "arrived", "_multi_body")
 
     def __init__(self, channel: str, stream_id: StreamId | None, event_type: str | None, data: str) -> None:
         if event_type is not None and event_type_problem(event_type):
@@ -37,6 +38,7 @@ class Event:
         self.data = data
         event_id = None if stream_id is None else format_stream_id(stream_id)
         self.frame = encode_event(data, event=event_type, event_id=event_id)
+        self.arrived = time.monotonic()  # for the fan-out lag metric
         self._multi_body: bytes | None = None
 
     @property

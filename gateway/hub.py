@@ -12,6 +12,7 @@ import logging
 from gateway.broker import Broker
 from gateway.errors import RedisUnavailable
 from gateway.events import Event
+from gateway.metrics import EVICTIONS
 from gateway.replay import catch_up
 from gateway.subscriber import Subscriber
 from gateway.upstream import Upstream
@@ -28,7 +29,6 @@ class Hub:
         self._subscribers: dict[str, set[Subscriber]] = {}
         # Every stream from its first moment to its end, attached or not yet, so a drain reaches all of them.
         self._open: set[Subscriber] = set()
-        self.evictions = 0
         self.draining = False
 
     async def start(self) -> None:
@@ -74,7 +74,7 @@ class Hub:
     def detach(self, subscriber: Subscriber) -> None:
         self._open.discard(subscriber)
         if subscriber.close_reason in ("overflow", "stalled"):
-            self.evictions += 1
+            EVICTIONS.labels(subscriber.close_reason).inc()
         for channel in subscriber.channels:
             listeners = self._subscribers.get(channel)
             if listeners is None or subscriber not in listeners:

@@ -11,6 +11,7 @@ from gateway.config import Settings
 from gateway.cursor import channel_set, parse_cursor
 from gateway.errors import BadRequest, PayloadTooLarge, RedisUnavailable, error_response
 from gateway.hub import Hub
+from gateway.metrics import PUBLISH_SECONDS, PUBLISHES, metrics
 from gateway.naming import validate_channel
 from gateway.sse import event_type_problem
 from gateway.stream import EventStream
@@ -50,7 +51,13 @@ async def publish(request: Request) -> Response:
     except UnicodeDecodeError:
         raise BadRequest("the body must be UTF-8 text", code="bad_body") from None
     hub: Hub = request.app.state.hub
-    event_id = await hub.broker.publish(channel, data, event_type)
+    try:
+        with PUBLISH_SECONDS.time():
+            event_id = await hub.broker.publish(channel, data, event_type)
+    except RedisUnavailable:
+        PUBLISHES.labels("redis_unavailable").inc()
+        raise
+    PUBLISHES.labels("published").inc()
     return JSONResponse({"channel": channel, "id": event_id}, status_code=201)
 
 
@@ -91,6 +98,7 @@ routes = [
     Route("/publish/{channel:path}", publish, methods=["POST"]),
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
     Route("/demo", demo_redirect, methods=["GET"]),
     # The static pages of clients/web/, shipped in the wheel as the sse_gateway_web package.
     Mount("/demo/", StaticFiles(packages=[("sse_gateway_web", "demo")], html=True)),

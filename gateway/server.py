@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 
 import uvicorn
+from starlette.applications import Starlette
 
+from gateway import logs
 from gateway.app import create_app
 from gateway.auth import Authenticator
 from gateway.config import Settings
 from gateway.embedded import EmbeddedServer
+from gateway.metrics import MULTIPROCESS_DIR
 
 log = logging.getLogger("gateway.server")
 
 
 def serve(settings: Settings, *, demo: bool = False) -> int:
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(settings.log_level, settings.log_format)
     try:
         authenticator = Authenticator(settings)  # refuse bad settings before anything starts
     except (ValueError, OSError) as exc:
@@ -32,13 +36,16 @@ def serve(settings: Settings, *, demo: bool = False) -> int:
         log_level=settings.log_level,
         # The app logs requests itself, with tokens in query strings redacted (gateway.access_log).
         access_log=False,
+        log_config=None,  # keep the logging set up above, for uvicorn's own lines too
         # A backstop only: the app ends its streams itself on SIGTERM (see gateway.app).
         timeout_graceful_shutdown=settings.shutdown_grace,
     )
     try:
         if settings.workers > 1:
-            # Worker processes import the app afresh and rebuild the settings from the environment.
+            # Worker processes import the app afresh and rebuild the settings from the environment; their metrics
+            # meet in files that /metrics adds up.
             os.environ.update(settings.to_env())
+            os.environ.setdefault(MULTIPROCESS_DIR, tempfile.mkdtemp(prefix="sse-gateway-metrics-"))
             uvicorn.run("gateway.server:app_from_env", factory=True, workers=settings.workers, **options)
         else:
             # uvicorn re-raises SIGTERM after its shutdown, so nothing after run() is sure to run: the app's
@@ -55,5 +62,8 @@ def serve(settings: Settings, *, demo: bool = False) -> int:
     return 0
 
 
-def app_from_env():
-    return create_app(Settings.from_env())
+def app_from_env() -> Starlette:
+    """The app of one worker process; its logging is set up anew, as spawned processes start blank."""
+    settings = Settings.from_env()
+    logs.configure(settings.log_level, settings.log_format)
+    return create_app(settings)

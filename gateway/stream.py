@@ -20,6 +20,7 @@ from gateway.config import Settings
 from gateway.cursor import StreamId
 from gateway.errors import RedisUnavailable
 from gateway.hub import Hub
+from gateway.metrics import FANOUT_LAG_SECONDS, FRAMES_OUT, OPEN_STREAMS, REPLAYS, STREAMS_CLOSED
 from gateway.replay import replay, start_positions
 from gateway.sse import encode_comment, encode_retry
 from gateway.subscriber import Subscriber
@@ -57,11 +58,19 @@ class EventStream:
             self.channels, max_events=settings.client_buffer_events, max_bytes=settings.client_buffer_bytes
         )
         self.hub.open(subscriber)
+        OPEN_STREAMS.inc()
+        opened = time.monotonic()
+        fields = {"channels": ",".join(self.channels), "client": "%s:%s" % (scope.get("client") or ("-", 0))}
+        log.info("stream opened", extra={"fields": {**fields, "resume": self.cursor is not None}})
         try:
             await self._stream(subscriber, receive, send)
         finally:
             self.hub.detach(subscriber)
-            log.debug("stream closed channels=%s reason=%s", ",".join(self.channels), subscriber.close_reason)
+            OPEN_STREAMS.dec()
+            reason = subscriber.close_reason or "ended"
+            STREAMS_CLOSED.labels(reason).inc()
+            seconds = round(time.monotonic() - opened, 3)
+            log.info("stream closed", extra={"fields": {**fields, "reason": reason, "seconds": seconds}})
 
     async def _stream(self, subscriber: Subscriber, receive: Receive, send: Send) -> None:
         settings = self.settings
@@ -97,14 +106,20 @@ class EventStream:
             await write(opening)
             if subscriber.close_reason is None:
                 await replay(self.hub, subscriber, write)
+                if self.cursor is not None:
+                    REPLAYS.labels("miss" if subscriber.gaps_sent else "hit").inc()
             while subscriber.close_reason is None:
                 if not await subscriber.wait(self._quiet_limit()):
                     if self._expired():
                         subscriber.close("auth_expired")
                         break
                     await write(HEARTBEAT)
-                elif chunk := subscriber.take():
-                    await write(chunk)
+                elif subscriber.queued:
+                    frames, arrival = subscriber.queued, subscriber.oldest_arrival
+                    await write(subscriber.take())
+                    FRAMES_OUT.inc(frames)
+                    if arrival is not None:
+                        FANOUT_LAG_SECONDS.observe(time.monotonic() - arrival)
             if subscriber.close_reason == "shutdown":
                 # Spread the reconnects of many clients over a window rather than one instant.
                 await write(encode_retry(settings.retry_ms + random.randint(0, settings.retry_ms)))

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from gateway.cursor import ZERO, StreamId, channel_set_tag, format_cursor, format_position, format_stream_id
 from gateway.events import Event
+from gateway.metrics import GAP_EVENTS
 from gateway.sse import encode_event
 
 
@@ -28,6 +29,9 @@ class Subscriber:
         self._max_bytes = max_bytes
         self._frames: list[bytes] = []
         self._size = 0
+        # When the oldest queued event arrived from Redis, for the fan-out lag metric; None for backlog frames.
+        self.oldest_arrival: float | None = None
+        self.gaps_sent = 0
         # While the backlog is being read, live events wait here; see gateway.replay.
         self._held: list[Event] | None = []
         self._held_size = 0
@@ -57,6 +61,8 @@ class Subscriber:
 
     def offer_gap(self, channel: str, requested: StreamId, first_available: StreamId) -> None:
         if self.close_reason is None:
+            self.gaps_sent += 1
+            GAP_EVENTS.inc()
             self._push(gap_frame(channel, requested, first_available))
 
     def close(self, reason: str) -> None:
@@ -82,6 +88,7 @@ class Subscriber:
         """Queue backlog events (from the replay buffer), dropping any at or below the cursor."""
         for event in events:
             self._queue(event, bounded=False)
+        self.oldest_arrival = None  # read from the buffer, not live: no fan-out lag to speak of
 
     def go_live(self) -> None:
         """End the replay: queue the live events held meanwhile, dropping those the backlog already covered."""
@@ -93,9 +100,14 @@ class Subscriber:
     def replaying(self) -> bool:
         return self._held is not None
 
+    @property
+    def queued(self) -> int:
+        return len(self._frames)
+
     def take(self) -> bytes:
         """Everything queued, as one write."""
         frames, self._frames, self._size = self._frames, [], 0
+        self.oldest_arrival = None
         self._wakeup.clear()
         return b"".join(frames)
 
@@ -119,6 +131,8 @@ class Subscriber:
     # -- internals --------------------------------------------------------------------------------------------
 
     def _queue(self, event: Event, *, bounded: bool = True) -> None:
+        if not self._frames:
+            self.oldest_arrival = event.arrived
         stream_id = event.stream_id
         if stream_id is None:  # a plain PUBLISH: not in the buffer, no id, nothing to deduplicate
             self._push(event.multi_body if self.multi else event.frame, bounded)

@@ -23,6 +23,7 @@ from redis.retry import Retry
 from gateway.broker import tcp_options
 from gateway.errors import RedisUnavailable
 from gateway.events import Event, decode_pubsub
+from gateway.metrics import MESSAGES_IN, REDIS_RECONNECTS
 from gateway.naming import Naming
 
 log = logging.getLogger("gateway.upstream")
@@ -132,6 +133,7 @@ class Upstream:
                 raise
             except Exception as exc:  # noqa: BLE001 - whatever broke the connection, the cure is a new one
                 log.warning("redis pub/sub connection lost (%s); reconnecting in %.2fs", exc, backoff)
+                REDIS_RECONNECTS.inc()
             if self.connected.is_set():  # the session had been up: start the backoff afresh
                 backoff = BACKOFF_START
             self.connected.clear()
@@ -184,6 +186,7 @@ class Upstream:
             if kind == "message":
                 channel = self._naming.channel_of(message["channel"].decode())
                 if channel is not None and (event := decode_pubsub(channel, message["data"])) is not None:
+                    MESSAGES_IN.inc()
                     self._on_event(event)
             elif kind == "subscribe":
                 channel = self._naming.channel_of(message["channel"].decode())
