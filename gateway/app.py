@@ -23,6 +23,7 @@ from gateway.config import Settings, split_list
 from gateway.demo import DemoPublisher
 from gateway.errors import GatewayError, error_response
 from gateway.hub import Hub
+from gateway.limits import PublishRate
 from gateway.metrics import process_exited
 from gateway.routes import routes
 
@@ -52,6 +53,7 @@ def create_app(
         app.state.settings = settings
         app.state.hub = hub
         app.state.auth = authenticator
+        app.state.publish_rate = PublishRate(settings.publish_rate, settings.publish_burst)
         restore_signals = _drain_on_exit_signals(hub)
         publisher = DemoPublisher(hub.broker) if demo else None
         if publisher is not None:

@@ -26,6 +26,11 @@ class Settings:
     heartbeat: float = 15.0
     retry_ms: int = 3000
     max_channels: int = 16
+    # Open streams per process; past it a stream is ended at once with a long retry hint.
+    max_connections: int = 10_000
+    # Publishes a second per client IP, in bursts of up to publish_burst; 0 is no limit.
+    publish_rate: float = 0.0
+    publish_burst: int = 50
     max_body_bytes: int = 1024 * 1024
     # A client whose unsent frames pass either bound is disconnected; it resumes with Last-Event-ID.
     client_buffer_events: int = 1024
@@ -49,13 +54,18 @@ class Settings:
     auth_cookie: str = "sse_token"
     cors_origins: str = ""
     cors_credentials: bool = False
+    # Channel globs whose slow clients get only the newest queued event per channel instead of being evicted.
+    conflate_channels: str = ""
 
     def __post_init__(self) -> None:
-        positive = ("heartbeat", "max_channels", "max_body_bytes", "client_buffer_events", "client_buffer_bytes")
+        positive = (
+            "heartbeat", "max_channels", "max_connections", "max_body_bytes", "client_buffer_events",
+            "client_buffer_bytes", "publish_burst",
+        )  # fmt: skip
         for name in (*positive, "send_timeout", "workers"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be greater than 0, not {getattr(self, name)}")
-        for name in ("retry_ms", "buffer_maxlen", "buffer_max_age", "shutdown_grace"):
+        for name in ("retry_ms", "buffer_maxlen", "buffer_max_age", "shutdown_grace", "publish_rate"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative, not {getattr(self, name)}")
 

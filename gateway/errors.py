@@ -5,12 +5,15 @@
     ├── Unauthorized             401  unauthorized (no valid credentials)
     ├── Forbidden                403  forbidden (valid credentials, channel not granted)
     ├── PayloadTooLarge          413  body_too_large
+    ├── TooManyRequests          429  rate_limited (with Retry-After)
     └── RedisUnavailable         503  redis_unavailable
 
 The JSON body is always ``{"error": <code>, "detail": <human sentence>}``.
 """
 
 from __future__ import annotations
+
+import math
 
 from starlette.responses import JSONResponse
 
@@ -52,6 +55,20 @@ class Forbidden(GatewayError):
 class PayloadTooLarge(GatewayError):
     status_code = 413
     code = "body_too_large"
+
+
+class TooManyRequests(GatewayError):
+    status_code = 429
+    code = "rate_limited"
+
+    def __init__(self, detail: str, retry_after: float) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+    def response(self) -> JSONResponse:
+        response = super().response()
+        response.headers["Retry-After"] = str(max(1, math.ceil(self.retry_after)))
+        return response
 
 
 class RedisUnavailable(GatewayError):

@@ -45,6 +45,7 @@ async def publish(request: Request) -> Response:
     if event_type is not None and (problem := event_type_problem(event_type)):
         raise BadRequest(problem, code="bad_event_type")
     request.app.state.auth.for_publish(request, channel)
+    request.app.state.publish_rate.take(request.client.host if request.client else "-")
     body = await _read_body(request, settings.max_body_bytes)
     try:
         data = body.decode("utf-8")

@@ -8,6 +8,7 @@ wake-up, with a heartbeat comment whenever the stream has been quiet.
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import logging
 import random
 import time
@@ -16,11 +17,11 @@ from typing import TypeVar
 
 from starlette.types import Receive, Scope, Send
 
-from gateway.config import Settings
+from gateway.config import Settings, split_list
 from gateway.cursor import StreamId
 from gateway.errors import RedisUnavailable
 from gateway.hub import Hub
-from gateway.metrics import FANOUT_LAG_SECONDS, FRAMES_OUT, OPEN_STREAMS, REPLAYS, STREAMS_CLOSED
+from gateway.metrics import FANOUT_LAG_SECONDS, FRAMES_OUT, OPEN_STREAMS, REFUSED, REPLAYS, STREAMS_CLOSED
 from gateway.replay import replay, start_positions
 from gateway.sse import encode_comment, encode_retry
 from gateway.subscriber import Subscriber
@@ -54,9 +55,17 @@ class EventStream:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         settings = self.settings
+        conflated = split_list(settings.conflate_channels)
         subscriber = Subscriber(
-            self.channels, max_events=settings.client_buffer_events, max_bytes=settings.client_buffer_bytes
+            self.channels,
+            max_events=settings.client_buffer_events,
+            max_bytes=settings.client_buffer_bytes,
+            conflate=[c for c in self.channels if any(fnmatch.fnmatchcase(c, p) for p in conflated)],
         )
+        if self.hub.connections >= settings.max_connections:
+            REFUSED.labels("max_connections").inc()
+            await _turn_away(send, settings.retry_ms)
+            return
         self.hub.open(subscriber)
         OPEN_STREAMS.inc()
         opened = time.monotonic()
@@ -151,6 +160,16 @@ class EventStream:
 
     def _expired(self) -> bool:
         return self.expires_at is not None and time.time() >= self.expires_at
+
+
+async def _turn_away(send: Send, retry_ms: int) -> None:
+    """A 200 that ends at once and asks the client to come back later: a browser would give up on any other status."""
+    wait = 10 * retry_ms + random.randint(0, 10 * retry_ms)
+    body = encode_comment("too many connections; retry later") + encode_retry(wait)
+    await send(
+        {"type": "http.response.start", "status": 200, "headers": [*HEADERS, (b"x-sse-refused", b"max_connections")]}
+    )
+    await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 class _Stalled(Exception):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from gateway.cursor import ZERO, StreamId, channel_set_tag, format_cursor, format_position, format_stream_id
 from gateway.events import Event
@@ -18,8 +18,13 @@ from gateway.sse import encode_event
 
 
 class Subscriber:
-    def __init__(self, channels: Sequence[str], *, max_events: int, max_bytes: int) -> None:
+    def __init__(
+        self, channels: Sequence[str], *, max_events: int, max_bytes: int, conflate: Iterable[str] = ()
+    ) -> None:
         self.channels = tuple(channels)
+        # Channels whose queued, unsent event is replaced by a newer one: state feeds, where only the latest counts.
+        self._conflate = frozenset(conflate)
+        self._slots: dict[str, int] = {}  # conflated channel -> index of its queued frame
         self.multi = len(self.channels) > 1
         # The id of the last event queued for this client, per channel: anything at or below it is a duplicate.
         self.positions: dict[str, StreamId] = {}
@@ -28,6 +33,7 @@ class Subscriber:
         self._max_events = max_events
         self._max_bytes = max_bytes
         self._frames: list[bytes] = []
+        self._count = 0  # frames queued; replaced conflated frames leave empty entries behind
         self._size = 0
         # When the oldest queued event arrived from Redis, for the fan-out lag metric; None for backlog frames.
         self.oldest_arrival: float | None = None
@@ -69,7 +75,8 @@ class Subscriber:
         if self.close_reason is None:
             self.close_reason = reason
             self._frames.clear()
-            self._size = 0
+            self._slots.clear()
+            self._count = self._size = 0
             self._held = None if self._held is None else []
             self._wakeup.set()
             self.closed.set()
@@ -102,18 +109,19 @@ class Subscriber:
 
     @property
     def queued(self) -> int:
-        return len(self._frames)
+        return self._count
 
     def take(self) -> bytes:
         """Everything queued, as one write."""
-        frames, self._frames, self._size = self._frames, [], 0
+        frames, self._frames, self._size, self._count = self._frames, [], 0, 0
+        self._slots.clear()
         self.oldest_arrival = None
         self._wakeup.clear()
         return b"".join(frames)
 
     async def wait(self, timeout: float) -> bool:
         """Wait until something is queued or the subscriber is closed; False on timeout."""
-        if self._frames or self.close_reason is not None:
+        if self._count or self.close_reason is not None:
             return True
         try:
             async with asyncio.timeout(timeout):  # unlike wait_for, no extra task per wait
@@ -131,7 +139,7 @@ class Subscriber:
     # -- internals --------------------------------------------------------------------------------------------
 
     def _queue(self, event: Event, *, bounded: bool = True) -> None:
-        if not self._frames:
+        if not self._count:
             self.oldest_arrival = event.arrived
         stream_id = event.stream_id
         if stream_id is None:  # a plain PUBLISH: not in the buffer, no id, nothing to deduplicate
@@ -141,19 +149,39 @@ class Subscriber:
         if stream_id <= self.positions[channel]:
             return
         self.positions[channel] = stream_id
-        if not self.multi:
-            self._push(event.frame, bounded)
+        if self.multi:
+            self._encoded[channel] = format_position(stream_id)
+            frame = b"id: " + self.last_event_id.encode() + b"\n" + event.multi_body
+        else:
+            frame = event.frame
+        if channel in self._conflate:
+            self._replace_queued(channel)
+        self._push(frame, bounded)
+        if channel in self._conflate and self.close_reason is None:
+            self._slots[channel] = len(self._frames) - 1
+
+    def _replace_queued(self, channel: str) -> None:
+        """Drop the channel's unsent frame; the newer one goes to the end, so ids still only grow on the wire."""
+        index = self._slots.pop(channel, None)
+        if index is None:
             return
-        self._encoded[channel] = format_position(stream_id)
-        self._push(b"id: " + self.last_event_id.encode() + b"\n" + event.multi_body, bounded)
+        self._size -= len(self._frames[index])
+        self._frames[index] = b""
+        self._count -= 1
+        if len(self._frames) > 2 * self._count + 16:  # compact the empty entries away now and then
+            kept = [(i, frame) for i, frame in enumerate(self._frames) if frame]
+            where = {old: new for new, (old, _) in enumerate(kept)}
+            self._frames = [frame for _, frame in kept]
+            self._slots = {name: where[i] for name, i in self._slots.items()}
 
     def _push(self, frame: bytes, bounded: bool = True) -> None:
         """Queue a frame. Backlog pages are written before the next is read, so only live frames are bounded."""
         if self.close_reason is not None:
             return
         self._frames.append(frame)
+        self._count += 1
         self._size += len(frame)
-        if bounded and (len(self._frames) > self._max_events or self._size > self._max_bytes):
+        if bounded and (self._count > self._max_events or self._size > self._max_bytes):
             self.close("overflow")
             return
         self._wakeup.set()

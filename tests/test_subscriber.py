@@ -222,3 +222,54 @@ async def test_any_close_while_blocked_writing_cancels_the_writer(reason) -> Non
     subscriber.close(reason)
     await asyncio.sleep(0)
     assert stuck.cancelled() and subscriber.writer_cancelled
+
+
+def _conflating(channels: list[str], conflate: list[str], **bounds: int) -> Subscriber:
+    subscriber = Subscriber(
+        channels,
+        max_events=bounds.get("max_events", 1000),
+        max_bytes=bounds.get("max_bytes", 1 << 20),
+        conflate=conflate,
+    )
+    subscriber.start_at({c: (0, 0) for c in channels})
+    subscriber.go_live()
+    return subscriber
+
+
+def test_conflated_channel_keeps_only_its_newest_unsent_event() -> None:
+    subscriber = _conflating(["prices"], ["prices"])
+    for ms in range(1, 6):
+        subscriber.offer(ev("prices", ms, data=f"p{ms}"))
+    assert subscriber.queued == 1
+    assert SSEParser().feed(subscriber.take()) == [ServerSentEvent(data="p5", id="5-0")]
+    subscriber.offer(ev("prices", 6, data="p6"))
+    assert [e.data for e in SSEParser().feed(subscriber.take())] == ["p6"]
+
+
+def test_a_slow_client_of_a_conflated_channel_is_not_evicted() -> None:
+    subscriber = _conflating(["prices"], ["prices"], max_events=3)
+    for ms in range(1, 500):
+        subscriber.offer(ev("prices", ms))
+    assert subscriber.close_reason is None and subscriber.queued == 1
+
+
+def test_conflation_on_a_multi_channel_stream_keeps_cursors_growing_on_the_wire() -> None:
+    subscriber = _conflating(["news", "prices"], ["prices"])
+    subscriber.offer(ev("prices", 1, data="p1"))
+    subscriber.offer(ev("news", 2, data="n2"))
+    subscriber.offer(ev("prices", 3, data="p3"))
+    subscriber.offer(ev("news", 4, data="n4"))
+    events = SSEParser().feed(subscriber.take())
+    assert [e.data for e in events] == ["n2", "p3", "n4"]  # news is not conflated; p1 was replaced by p3
+    cursors = [parse_cursor(e.id, ("news", "prices")) for e in events]
+    assert cursors == sorted(cursors, key=lambda c: (c["news"], c["prices"]))
+    assert cursors[-1] == {"news": (4, 0), "prices": (3, 0)}
+
+
+def test_replaced_frames_are_compacted_away() -> None:
+    subscriber = _conflating(["a", "b"], ["a"])
+    for ms in range(1, 200):
+        subscriber.offer(ev("a", ms))
+    subscriber.offer(ev("b", 500, data="b"))
+    assert len(subscriber._frames) < 40
+    assert [e.event for e in SSEParser().feed(subscriber.take())] == ["a", "b"]
