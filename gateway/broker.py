@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from gateway.config import Settings
-from gateway.cursor import ZERO, StreamId, format_stream_id, parse_stream_id
+from gateway.cursor import MAX_STREAM_ID, ZERO, StreamId, format_stream_id, parse_stream_id
 from gateway.errors import BadRequest, RedisUnavailable
 from gateway.naming import Naming
 from gateway.sse import event_type_problem
@@ -75,6 +75,8 @@ class Broker:
 
     async def backlog(self, channel: str, after: StreamId) -> AsyncIterator[list[Entry]]:
         """Pages of buffered entries newer than ``after``, oldest first."""
+        if after == MAX_STREAM_ID:
+            return  # nothing can come after it, and Redis refuses an exclusive range from it
         key = self.naming.stream_key(channel)
         start = "(" + format_stream_id(after)
         while True:

@@ -25,6 +25,7 @@ StreamId = tuple[int, int]
 
 ZERO: StreamId = (0, 0)
 _MAX = 2**64 - 1
+MAX_STREAM_ID: StreamId = (_MAX, _MAX)
 _STREAM_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
 _POSITION = re.compile(r"([0-9a-z]{1,13})(?:~([0-9a-z]{1,13}))?")
 _DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"

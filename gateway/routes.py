@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
@@ -15,6 +16,15 @@ from gateway.metrics import PUBLISH_SECONDS, PUBLISHES, metrics
 from gateway.naming import validate_channel
 from gateway.sse import event_type_problem
 from gateway.stream import EventStream
+
+
+class _Anything(PathConvertor):
+    """Like ``path``, but newlines too: a channel named "a\\n" must reach validation (and a 400), not match "a"."""
+
+    regex = r"[\s\S]*"
+
+
+register_url_convertor("anything", _Anything())
 
 
 async def events(request: Request) -> EventStream:
@@ -95,8 +105,8 @@ async def demo_redirect(request: Request) -> Response:
 
 routes = [
     Route("/events", events, methods=["GET"]),
-    Route("/events/{channel:path}", events, methods=["GET"]),
-    Route("/publish/{channel:path}", publish, methods=["POST"]),
+    Route("/events/{channel:anything}", events, methods=["GET"]),
+    Route("/publish/{channel:anything}", publish, methods=["POST"]),
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
     Route("/metrics", metrics, methods=["GET"]),
