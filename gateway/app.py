@@ -26,6 +26,7 @@ from gateway.hub import Hub
 from gateway.limits import PublishRate
 from gateway.metrics import process_exited
 from gateway.routes import routes
+from gateway.stream import RawSend
 
 log = logging.getLogger("gateway.app")
 
@@ -36,7 +37,7 @@ def create_app(
     authenticator: Authenticator | None = None,
     on_shutdown: Callable[[], None] | None = None,
     demo: bool = False,
-) -> Starlette:
+) -> RawSend:
     """The gateway for ``settings.redis_url``; ``on_shutdown`` runs last, after every stream has ended.
 
     Raises ValueError for settings that must not start (no Redis URL, or an exposed gateway with no auth keys).
@@ -48,7 +49,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         client = connect(settings.redis_url)
-        hub = Hub(Broker(client, settings), settings.redis_url)
+        hub = Hub(Broker(client, settings), settings.redis_url, tick=min(1.0, settings.heartbeat / 2))
         await hub.start()
         app.state.settings = settings
         app.state.hub = hub
@@ -82,11 +83,13 @@ def create_app(
                 max_age=600,
             )
         )
-    return Starlette(
-        routes=routes,
-        lifespan=lifespan,
-        middleware=middleware,
-        exception_handlers={GatewayError: _gateway_error, HTTPException: _http_error, Exception: _internal_error},
+    return RawSend(
+        Starlette(
+            routes=routes,
+            lifespan=lifespan,
+            middleware=middleware,
+            exception_handlers={GatewayError: _gateway_error, HTTPException: _http_error, Exception: _internal_error},
+        )
     )
 
 

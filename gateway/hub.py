@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from gateway.broker import Broker
 from gateway.errors import RedisUnavailable
@@ -23,8 +24,10 @@ SUBSCRIBE_TIMEOUT = 5.0
 
 
 class Hub:
-    def __init__(self, broker: Broker, redis_url: str) -> None:
+    def __init__(self, broker: Broker, redis_url: str, *, tick: float = 1.0) -> None:
         self.broker = broker
+        self._tick_interval = tick
+        self._ticker: asyncio.Task[None] | None = None
         self.upstream = Upstream(redis_url, broker.naming, self.deliver, self._catch_up)
         self._subscribers: dict[str, set[Subscriber]] = {}
         # Every stream from its first moment to its end, attached or not yet, so a drain reaches all of them.
@@ -33,10 +36,21 @@ class Hub:
 
     async def start(self) -> None:
         await self.upstream.start()
+        self._ticker = asyncio.create_task(self._tick(), name="gateway-ticker")
 
     async def stop(self) -> None:
         self.drain()
+        if self._ticker is not None:
+            self._ticker.cancel()
         await self.upstream.stop()
+
+    async def _tick(self) -> None:
+        """One timer for every stream: heartbeats, token expiry and stalled writes are checked here."""
+        while True:
+            await asyncio.sleep(self._tick_interval)
+            now, wall = time.monotonic(), time.time()
+            for subscriber in list(self._open):
+                subscriber.tick(now, wall)
 
     def deliver(self, event: Event) -> None:
         # Synchronous, and offer() never touches the set, so it cannot change under the loop.

@@ -7,7 +7,6 @@ import os
 import tempfile
 
 import uvicorn
-from starlette.applications import Starlette
 
 from gateway import logs
 from gateway.app import create_app
@@ -15,6 +14,7 @@ from gateway.auth import Authenticator
 from gateway.config import Settings
 from gateway.embedded import EmbeddedServer
 from gateway.metrics import MULTIPROCESS_DIR
+from gateway.stream import RawSend
 
 log = logging.getLogger("gateway.server")
 
@@ -62,7 +62,7 @@ def serve(settings: Settings, *, demo: bool = False) -> int:
     return 0
 
 
-def app_from_env() -> Starlette:
+def app_from_env() -> RawSend:
     """The app of one worker process; its logging is set up anew, as spawned processes start blank."""
     settings = Settings.from_env()
     logs.configure(settings.log_level, settings.log_format)

@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable
 from typing import TypeVar
 
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.config import Settings, split_list
 from gateway.cursor import StreamId
@@ -33,7 +33,7 @@ HEADERS = [
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
-HEARTBEAT = encode_comment("keepalive")
+RAW_SEND = "gateway.raw_send"
 T = TypeVar("T")
 
 
@@ -61,6 +61,9 @@ class EventStream:
             max_events=settings.client_buffer_events,
             max_bytes=settings.client_buffer_bytes,
             conflate=[c for c in self.channels if any(fnmatch.fnmatchcase(c, p) for p in conflated)],
+            heartbeat=settings.heartbeat,
+            send_timeout=settings.send_timeout,
+            expires_at=self.expires_at,
         )
         if self.hub.connections >= settings.max_connections:
             REFUSED.labels("max_connections").inc()
@@ -72,7 +75,8 @@ class EventStream:
         fields = {"channels": ",".join(self.channels), "client": "%s:%s" % (scope.get("client") or ("-", 0))}
         log.info("stream opened", extra={"fields": {**fields, "resume": self.cursor is not None}})
         try:
-            await self._stream(subscriber, receive, send)
+            # Middlewares only look at the response start; the body goes straight to the server (see RawSend).
+            await self._stream(subscriber, receive, send, scope.get(RAW_SEND, send))
         finally:
             self.hub.detach(subscriber)
             OPEN_STREAMS.dec()
@@ -81,19 +85,17 @@ class EventStream:
             seconds = round(time.monotonic() - opened, 3)
             log.info("stream closed", extra={"fields": {**fields, "reason": reason, "seconds": seconds}})
 
-    async def _stream(self, subscriber: Subscriber, receive: Receive, send: Send) -> None:
+    async def _stream(self, subscriber: Subscriber, receive: Receive, send: Send, send_body: Send) -> None:
         settings = self.settings
+        clock = time.monotonic
 
         async def write(body: bytes) -> None:
-            subscriber.writing = True
+            # A write that never finishes (a client that reads nothing) is found by the hub's tick: see tick().
+            subscriber.writing, subscriber.write_started = True, clock()
             try:
-                async with asyncio.timeout(settings.send_timeout):
-                    await send({"type": "http.response.body", "body": body, "more_body": True})
-            except TimeoutError:
-                subscriber.close("stalled")  # it accepted nothing for send_timeout: it resumes when it reads again
-                raise _Stalled from None
+                await send_body({"type": "http.response.body", "body": body, "more_body": True})
             finally:
-                subscriber.writing = False
+                subscriber.writing, subscriber.last_write = False, clock()
 
         # Fixed before the client sees the stream open, so nothing published after its `onopen` counts as old.
         try:
@@ -118,12 +120,8 @@ class EventStream:
                 if self.cursor is not None:
                     REPLAYS.labels("miss" if subscriber.gaps_sent else "hit").inc()
             while subscriber.close_reason is None:
-                if not await subscriber.wait(self._quiet_limit()):
-                    if self._expired():
-                        subscriber.close("auth_expired")
-                        break
-                    await write(HEARTBEAT)
-                elif subscriber.queued:
+                await subscriber.wait()
+                if subscriber.queued:
                     frames, arrival = subscriber.queued, subscriber.oldest_arrival
                     await write(subscriber.take())
                     FRAMES_OUT.inc(frames)
@@ -136,8 +134,6 @@ class EventStream:
             # A transient problem ends the stream (the client retries); a 5xx would stop a browser for good.
             subscriber.close("redis_unavailable")
             log.warning("stream closed: %s", exc.detail)
-        except _Stalled:
-            return  # the response cannot end cleanly: the client is not reading
         except Exception:
             subscriber.close("error")
             log.exception("stream failed")
@@ -150,16 +146,7 @@ class EventStream:
         finally:
             subscriber.writer = None
             watcher.cancel()
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-    def _quiet_limit(self) -> float:
-        """How long to wait for frames: the heartbeat interval, or less when the token expires sooner."""
-        if self.expires_at is None:
-            return self.settings.heartbeat
-        return max(0.0, min(self.settings.heartbeat, self.expires_at - time.time()))
-
-    def _expired(self) -> bool:
-        return self.expires_at is not None and time.time() >= self.expires_at
+        await send_body({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 async def _turn_away(send: Send, retry_ms: int) -> None:
@@ -172,8 +159,20 @@ async def _turn_away(send: Send, retry_ms: int) -> None:
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-class _Stalled(Exception):
-    """The client accepted no bytes for the send timeout."""
+class RawSend:
+    """Outermost ASGI wrapper: keeps the server's own ``send`` in the scope for event streams.
+
+    The middlewares (errors, access log, CORS) act on ``http.response.start`` only, so a stream sends its start
+    through them and its body chunks straight to the server, sparing three wrapper coroutines on every write.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope[RAW_SEND] = send
+        await self.app(scope, receive, send)
 
 
 async def _unless_closed(subscriber: Subscriber, work: Awaitable[T]) -> T | None:

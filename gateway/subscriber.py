@@ -9,19 +9,33 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterable, Sequence
 
 from gateway.cursor import ZERO, StreamId, channel_set_tag, format_cursor, format_position, format_stream_id
 from gateway.events import Event
 from gateway.metrics import GAP_EVENTS
-from gateway.sse import encode_event
+from gateway.sse import encode_comment, encode_event
+
+HEARTBEAT = encode_comment("keepalive")
 
 
 class Subscriber:
     def __init__(
-        self, channels: Sequence[str], *, max_events: int, max_bytes: int, conflate: Iterable[str] = ()
+        self,
+        channels: Sequence[str],
+        *,
+        max_events: int,
+        max_bytes: int,
+        conflate: Iterable[str] = (),
+        heartbeat: float = 15.0,
+        send_timeout: float = 30.0,
+        expires_at: float | None = None,
     ) -> None:
         self.channels = tuple(channels)
+        self._heartbeat = heartbeat
+        self._send_timeout = send_timeout
+        self.expires_at = expires_at  # wall-clock second at which the client's token runs out
         # Channels whose queued, unsent event is replaced by a newer one: state feeds, where only the latest counts.
         self._conflate = frozenset(conflate)
         self._slots: dict[str, int] = {}  # conflated channel -> index of its queued frame
@@ -48,6 +62,7 @@ class Subscriber:
         self.writer: asyncio.Task[None] | None = None
         self.writing = False
         self.writer_cancelled = False
+        self.write_started = self.last_write = time.monotonic()
 
     # -- called by the hub; never awaits ------------------------------------------------------------------------
 
@@ -85,6 +100,18 @@ class Subscriber:
                 self.writer_cancelled = True
                 self.writer.cancel()
 
+    def tick(self, now: float, wall: float) -> None:
+        """The hub's periodic look, instead of a timer per client: expiry, a stalled write, a due heartbeat."""
+        if self.close_reason is not None:
+            return
+        if self.expires_at is not None and wall >= self.expires_at:
+            self.close("auth_expired")
+        elif self.writing:
+            if now - self.write_started > self._send_timeout:
+                self.close("stalled")  # it accepted nothing for send_timeout: it resumes when it reads again
+        elif not self._count and now - self.last_write >= self._heartbeat:
+            self._push(HEARTBEAT, bounded=False)
+
     # -- called by the client's own task ------------------------------------------------------------------------
 
     def start_at(self, positions: dict[str, StreamId]) -> None:
@@ -119,16 +146,11 @@ class Subscriber:
         self._wakeup.clear()
         return b"".join(frames)
 
-    async def wait(self, timeout: float) -> bool:
-        """Wait until something is queued or the subscriber is closed; False on timeout."""
+    async def wait(self) -> None:
+        """Wait until something is queued (a heartbeat, at the least) or the subscriber is closed."""
         if self._count or self.close_reason is not None:
-            return True
-        try:
-            async with asyncio.timeout(timeout):  # unlike wait_for, no extra task per wait
-                await self._wakeup.wait()
-        except TimeoutError:
-            return False
-        return True
+            return
+        await self._wakeup.wait()
 
     @property
     def last_event_id(self) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 
 import pytest
 
@@ -94,14 +95,39 @@ def test_close_keeps_the_first_reason() -> None:
     assert subscriber.close_reason == "client_left"
 
 
-async def test_wait_times_out_when_empty_and_wakes_on_offer_or_close() -> None:
+async def test_wait_sleeps_when_empty_and_wakes_on_offer_or_close() -> None:
     subscriber = live(["a"])
-    assert await subscriber.wait(0.01) is False
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(subscriber.wait(), 0.01)
     subscriber.offer(ev("a", 1))
-    assert await subscriber.wait(5) is True
+    await asyncio.wait_for(subscriber.wait(), 5)
     subscriber.take()
     subscriber.close("shutdown")
-    assert await subscriber.wait(5) is True
+    await asyncio.wait_for(subscriber.wait(), 5)
+
+
+def test_tick_queues_a_heartbeat_after_a_quiet_heartbeat_interval() -> None:
+    subscriber = Subscriber(["a"], max_events=10, max_bytes=10**6, heartbeat=15)
+    subscriber.start_at({"a": (0, 0)})
+    subscriber.go_live()
+    subscriber.tick(subscriber.last_write + 14, time.time())
+    assert subscriber.queued == 0
+    subscriber.tick(subscriber.last_write + 15, time.time())
+    assert subscriber.take() == b": keepalive\n"
+
+
+def test_tick_closes_a_stalled_writer_and_an_expired_token() -> None:
+    stalled = Subscriber(["a"], max_events=10, max_bytes=10**6, send_timeout=30)
+    stalled.writing = True
+    stalled.tick(stalled.write_started + 29, time.time())
+    assert stalled.close_reason is None
+    stalled.tick(stalled.write_started + 31, time.time())
+    assert stalled.close_reason == "stalled"
+    expiring = Subscriber(["a"], max_events=10, max_bytes=10**6, expires_at=1000.0)
+    expiring.tick(time.monotonic(), 999.0)
+    assert expiring.close_reason is None
+    expiring.tick(time.monotonic(), 1000.0)
+    assert expiring.close_reason == "auth_expired"
 
 
 def test_live_events_are_held_during_replay_and_deduplicated_on_go_live() -> None:
