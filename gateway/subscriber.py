@@ -55,7 +55,8 @@ class Subscriber:
         # While the backlog is being read, live events wait here; see gateway.replay.
         self._held: list[Event] | None = []
         self._held_size = 0
-        self._wakeup = asyncio.Event()
+        # The writer's pending wait, if it is waiting: a bare future is cheaper to wake than an asyncio.Event.
+        self._waiter: asyncio.Future[None] | None = None
         self.close_reason: str | None = None
         self.closed = asyncio.Event()
         # The task writing to the client, set while the response runs: eviction cancels it if it is stuck.
@@ -93,7 +94,7 @@ class Subscriber:
             self._slots.clear()
             self._count = self._size = 0
             self._held = None if self._held is None else []
-            self._wakeup.set()
+            self._wake()
             self.closed.set()
             if self.writing and self.writer is not None:
                 # Blocked writing to a client that does not read: waiting on it would hold up the close.
@@ -143,14 +144,17 @@ class Subscriber:
         frames, self._frames, self._size, self._count = self._frames, [], 0, 0
         self._slots.clear()
         self.oldest_arrival = None
-        self._wakeup.clear()
         return b"".join(frames)
 
     async def wait(self) -> None:
         """Wait until something is queued (a heartbeat, at the least) or the subscriber is closed."""
         if self._count or self.close_reason is not None:
             return
-        await self._wakeup.wait()
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
 
     @property
     def last_event_id(self) -> str:
@@ -182,6 +186,11 @@ class Subscriber:
         if channel in self._conflate and self.close_reason is None:
             self._slots[channel] = len(self._frames) - 1
 
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
     def _replace_queued(self, channel: str) -> None:
         """Drop the channel's unsent frame; the newer one goes to the end, so ids still only grow on the wire."""
         index = self._slots.pop(channel, None)
@@ -206,7 +215,7 @@ class Subscriber:
         if bounded and (self._count > self._max_events or self._size > self._max_bytes):
             self.close("overflow")
             return
-        self._wakeup.set()
+        self._wake()
 
 
 def gap_frame(channel: str, requested: StreamId, first_available: StreamId) -> bytes:
