@@ -28,6 +28,7 @@ async def test_json_logs_have_a_line_per_stream_opened_and_closed_with_the_reaso
 async def test_text_logs_show_the_stream_fields(gateway, channel):
     async with open_stream(f"{gateway.url}/events/{channel}") as stream:
         await stream.read_raw_until(b"retry:")
+
     def closed_line_logged() -> bool:
         return any(
             "stream closed" in line and f"channels={channel} " in line and "reason=client_left" in line
