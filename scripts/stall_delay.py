@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
 import statistics
 import sys
 import time
@@ -21,6 +20,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.servers import GatewayProcess, RedisProcess  # noqa: E402
+from tests.streams import stalled_request  # noqa: E402
 
 PAD = "x" * 16000  # big enough that a stalled client's socket buffers fill within the run
 
@@ -47,14 +47,6 @@ async def healthy_client(port: int, channel: str, latencies: list[float], ready:
         writer.close()
 
 
-def stalled_client(port: int, channel: str) -> socket.socket:
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect(("127.0.0.1", port))
-    sock.sendall(f"GET /events/{channel} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n".encode())
-    return sock
-
-
 async def phase(gateway: GatewayProcess, channel: str, healthy: int, stalled: int, messages: int) -> list[float]:
     latencies: list[float] = []
     readies = [asyncio.Event() for _ in range(healthy)]
@@ -62,7 +54,7 @@ async def phase(gateway: GatewayProcess, channel: str, healthy: int, stalled: in
         asyncio.create_task(healthy_client(gateway.port, channel, latencies, ready, messages)) for ready in readies
     ]
     await asyncio.wait_for(asyncio.gather(*(r.wait() for r in readies)), 30)
-    socks = [stalled_client(gateway.port, channel) for _ in range(stalled)]
+    socks = [stalled_request(gateway.port, f"/events/{channel}") for _ in range(stalled)]
     await asyncio.sleep(0.5)
     async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as client:
         for n in range(messages):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -109,3 +110,12 @@ async def publish_many(base_url: str, channel: str, datas: list[str]) -> list[st
             assert response.status_code == 201, response.text
             ids.append(response.json()["id"])
     return ids
+
+
+def stalled_request(port: int, path: str) -> socket.socket:
+    """A client that asks for a stream and then does not read it, with a small receive window."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: test\r\nAccept: text/event-stream\r\n\r\n".encode())
+    return sock

@@ -10,7 +10,7 @@ import pytest
 
 from sse_gateway_client import SSEParser
 from tests.servers import GatewayProcess
-from tests.streams import open_stream, publish_many
+from tests.streams import open_stream, publish_many, stalled_request
 
 
 @pytest.fixture(scope="module")
@@ -19,15 +19,6 @@ def small_client_buffer_gateway(redis_server) -> Iterator[GatewayProcess]:
     process = GatewayProcess(redis_server.url, env=env).start()
     yield process
     process.stop()
-
-
-def _stalled_request(port: int, path: str) -> socket.socket:
-    """A client that asks for a stream and then does not read it, with a small receive window."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect(("127.0.0.1", port))
-    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: test\r\nAccept: text/event-stream\r\n\r\n".encode())
-    return sock
 
 
 def _read_to_end(sock: socket.socket) -> bytes:
@@ -56,7 +47,7 @@ async def test_stalled_client_is_evicted_while_others_get_everything_and_it_resu
     small_client_buffer_gateway, channel
 ):
     url = small_client_buffer_gateway.url
-    stalled = _stalled_request(small_client_buffer_gateway.port, f"/events/{channel}")
+    stalled = stalled_request(small_client_buffer_gateway.port, f"/events/{channel}")
     payloads = [f"{i:04d}:" + "x" * 16000 for i in range(400)]
     async with open_stream(f"{url}/events/{channel}") as healthy:
         await healthy.read_raw_until(b"retry:")
