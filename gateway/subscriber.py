@@ -21,6 +21,14 @@ HEARTBEAT = encode_comment("keepalive")
 
 
 class Subscriber:
+    # Thousands of these live at once: slots keep each one small.
+    __slots__ = (
+        "channels", "multi", "positions", "expires_at", "close_reason", "gaps_sent", "oldest_arrival",
+        "writer", "writing", "writer_cancelled", "write_started", "last_write",
+        "_heartbeat", "_send_timeout", "_conflate", "_slots", "_tag", "_encoded", "_max_events", "_max_bytes",
+        "_frames", "_count", "_size", "_held", "_held_size", "_waiter", "_closed",
+    )  # fmt: skip
+
     def __init__(
         self,
         channels: Sequence[str],
@@ -58,7 +66,7 @@ class Subscriber:
         # The writer's pending wait, if it is waiting: a bare future is cheaper to wake than an asyncio.Event.
         self._waiter: asyncio.Future[None] | None = None
         self.close_reason: str | None = None
-        self.closed = asyncio.Event()
+        self._closed: asyncio.Event | None = None  # made when first waited on
         # The task writing to the client, set while the response runs: eviction cancels it if it is stuck.
         self.writer: asyncio.Task[None] | None = None
         self.writing = False
@@ -95,7 +103,8 @@ class Subscriber:
             self._count = self._size = 0
             self._held = None if self._held is None else []
             self._wake()
-            self.closed.set()
+            if self._closed is not None:
+                self._closed.set()
             if self.writing and self.writer is not None:
                 # Blocked writing to a client that does not read: waiting on it would hold up the close.
                 self.writer_cancelled = True
@@ -112,6 +121,15 @@ class Subscriber:
                 self.close("stalled")  # it accepted nothing for send_timeout: it resumes when it reads again
         elif not self._count and now - self.last_write >= self._heartbeat:
             self._push(HEARTBEAT, bounded=False)
+
+    @property
+    def closed(self) -> asyncio.Event:
+        """Set once the subscriber is closed, for code that must stop waiting on Redis then."""
+        if self._closed is None:
+            self._closed = asyncio.Event()
+            if self.close_reason is not None:
+                self._closed.set()
+        return self._closed
 
     # -- called by the client's own task ------------------------------------------------------------------------
 
