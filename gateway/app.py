@@ -49,7 +49,11 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         client = connect(settings.redis_url)
-        hub = Hub(Broker(client, settings), settings.redis_url, tick=min(1.0, settings.heartbeat / 2))
+        hub = Hub(
+            Broker(client, settings),
+            settings.redis_url,
+            tick=min(1.0, settings.heartbeat / 2, settings.send_timeout / 2),
+        )
         await hub.start()
         app.state.settings = settings
         app.state.hub = hub

@@ -50,7 +50,10 @@ class Hub:
             await asyncio.sleep(self._tick_interval)
             now, wall = time.monotonic(), time.time()
             for subscriber in list(self._open):
-                subscriber.tick(now, wall)
+                try:
+                    subscriber.tick(now, wall)
+                except Exception:  # one stream's trouble must not stop the heartbeats of all the others
+                    log.exception("tick failed for a stream of %s", ",".join(subscriber.channels))
 
     def deliver(self, event: Event) -> None:
         # Synchronous, and offer() never touches the set, so it cannot change under the loop.

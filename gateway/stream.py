@@ -12,7 +12,7 @@ import fnmatch
 import logging
 import random
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -89,11 +89,11 @@ class EventStream:
         settings = self.settings
         clock = time.monotonic
 
-        async def write(body: bytes) -> None:
+        async def write(body: bytes, more: bool = True) -> None:
             # A write that never finishes (a client that reads nothing) is found by the hub's tick: see tick().
             subscriber.writing, subscriber.write_started = True, clock()
             try:
-                await send_body({"type": "http.response.body", "body": body, "more_body": True})
+                await send_body({"type": "http.response.body", "body": body, "more_body": more})
             finally:
                 subscriber.writing, subscriber.last_write = False, clock()
 
@@ -114,6 +114,22 @@ class EventStream:
         watcher = asyncio.create_task(_close_on_disconnect(receive, subscriber))
         subscriber.writer = asyncio.current_task()
         try:
+            await self._write_events(subscriber, write, opening)
+            await write(b"", more=False)
+        except asyncio.CancelledError:
+            if not subscriber.writer_cancelled:
+                raise
+            # Closed while blocked writing to a client that stopped reading: this response cannot end cleanly.
+            asyncio.current_task().uncancel()
+        finally:
+            subscriber.writer = None
+            watcher.cancel()
+
+    async def _write_events(
+        self, subscriber: Subscriber, write: Callable[[bytes], Awaitable[None]], opening: bytes
+    ) -> None:
+        """The stream's body, from the opening lines to the last event; a Redis failure or a bug ends it cleanly."""
+        try:
             await write(opening)
             if subscriber.close_reason is None:
                 await replay(self.hub, subscriber, write)
@@ -122,14 +138,15 @@ class EventStream:
             while subscriber.close_reason is None:
                 await subscriber.wait()
                 if subscriber.queued:
-                    frames, arrival = subscriber.queued, subscriber.oldest_arrival
+                    events, arrival = subscriber.queued - subscriber.heartbeats, subscriber.oldest_arrival
                     await write(subscriber.take())
-                    FRAMES_OUT.inc(frames)
+                    if events:
+                        FRAMES_OUT.inc(events)
                     if arrival is not None:
                         FANOUT_LAG_SECONDS.observe(time.monotonic() - arrival)
             if subscriber.close_reason == "shutdown":
                 # Spread the reconnects of many clients over a window rather than one instant.
-                await write(encode_retry(settings.retry_ms + random.randint(0, settings.retry_ms)))
+                await write(encode_retry(self.settings.retry_ms + random.randint(0, self.settings.retry_ms)))
         except RedisUnavailable as exc:
             # A transient problem ends the stream (the client retries); a 5xx would stop a browser for good.
             subscriber.close("redis_unavailable")
@@ -137,16 +154,6 @@ class EventStream:
         except Exception:
             subscriber.close("error")
             log.exception("stream failed")
-        except asyncio.CancelledError:
-            if not subscriber.writer_cancelled:
-                raise
-            # Closed while blocked writing to a client that stopped reading: this response cannot end cleanly.
-            asyncio.current_task().uncancel()
-            return
-        finally:
-            subscriber.writer = None
-            watcher.cancel()
-        await send_body({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 async def _turn_away(send: Send, retry_ms: int) -> None:

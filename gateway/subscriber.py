@@ -26,7 +26,7 @@ class Subscriber:
         "channels", "multi", "positions", "expires_at", "close_reason", "gaps_sent", "oldest_arrival",
         "writer", "writing", "writer_cancelled", "write_started", "last_write",
         "_heartbeat", "_send_timeout", "_conflate", "_slots", "_tag", "_encoded", "_max_events", "_max_bytes",
-        "_frames", "_count", "_size", "_held", "_held_size", "_waiter", "_closed",
+        "_frames", "_count", "_size", "_held", "_held_size", "_waiter", "_closed", "heartbeats",
     )  # fmt: skip
 
     def __init__(
@@ -60,6 +60,7 @@ class Subscriber:
         # When the oldest queued event arrived from Redis, for the fan-out lag metric; None for backlog frames.
         self.oldest_arrival: float | None = None
         self.gaps_sent = 0
+        self.heartbeats = 0  # of the queued frames, how many are heartbeats
         # While the backlog is being read, live events wait here; see gateway.replay.
         self._held: list[Event] | None = []
         self._held_size = 0
@@ -111,16 +112,23 @@ class Subscriber:
                 self.writer.cancel()
 
     def tick(self, now: float, wall: float) -> None:
-        """The hub's periodic look, instead of a timer per client: expiry, a stalled write, a due heartbeat."""
+        """The hub's periodic look, instead of a timer per client: a stalled write, expiry, a due heartbeat."""
+        if self.writing:
+            if now - self.write_started > self._send_timeout:
+                # It accepted nothing for send_timeout (also true of a closed stream's last words): give up on it.
+                if self.close_reason is None:
+                    self.close("stalled")
+                elif self.writer is not None and not self.writer_cancelled:
+                    self.writer_cancelled = True
+                    self.writer.cancel()
+            return
         if self.close_reason is not None:
             return
         if self.expires_at is not None and wall >= self.expires_at:
             self.close("auth_expired")
-        elif self.writing:
-            if now - self.write_started > self._send_timeout:
-                self.close("stalled")  # it accepted nothing for send_timeout: it resumes when it reads again
         elif not self._count and now - self.last_write >= self._heartbeat:
             self._push(HEARTBEAT, bounded=False)
+            self.heartbeats += 1
 
     @property
     def closed(self) -> asyncio.Event:
@@ -155,11 +163,13 @@ class Subscriber:
 
     @property
     def queued(self) -> int:
+        """Frames waiting to be written, heartbeats included."""
         return self._count
 
     def take(self) -> bytes:
         """Everything queued, as one write."""
         frames, self._frames, self._size, self._count = self._frames, [], 0, 0
+        self.heartbeats = 0
         self._slots.clear()
         self.oldest_arrival = None
         return b"".join(frames)
@@ -183,7 +193,7 @@ class Subscriber:
     # -- internals --------------------------------------------------------------------------------------------
 
     def _queue(self, event: Event, *, bounded: bool = True) -> None:
-        if not self._count:
+        if self.oldest_arrival is None:
             self.oldest_arrival = event.arrived
         stream_id = event.stream_id
         if stream_id is None:  # a plain PUBLISH: not in the buffer, no id, nothing to deduplicate

@@ -299,3 +299,28 @@ def test_replaced_frames_are_compacted_away() -> None:
     subscriber.offer(ev("b", 500, data="b"))
     assert len(subscriber._frames) < 40
     assert [e.event for e in SSEParser().feed(subscriber.take())] == ["a", "b"]
+
+
+async def test_tick_cancels_a_closed_streams_last_write_that_never_finishes() -> None:
+    subscriber = live(["a"])
+    subscriber._send_timeout = 30
+    stuck = asyncio.create_task(asyncio.sleep(3600))
+    subscriber.close("shutdown")  # not writing yet: nothing to cancel
+    subscriber.writer, subscriber.writing, subscriber.write_started = stuck, True, time.monotonic()
+    subscriber.tick(subscriber.write_started + 29, time.time())
+    assert not stuck.cancelled() and not subscriber.writer_cancelled
+    subscriber.tick(subscriber.write_started + 31, time.time())
+    await asyncio.sleep(0)
+    assert stuck.cancelled() and subscriber.writer_cancelled
+
+
+def test_heartbeats_are_counted_apart_from_event_frames() -> None:
+    subscriber = Subscriber(["a"], max_events=10, max_bytes=10**6, heartbeat=1)
+    subscriber.start_at({"a": (0, 0)})
+    subscriber.go_live()
+    subscriber.tick(subscriber.last_write + 2, time.time())
+    subscriber.offer(ev("a", 1))
+    assert (subscriber.queued, subscriber.heartbeats) == (2, 1)
+    assert subscriber.oldest_arrival is not None  # the event behind a heartbeat still gets its lag measured
+    subscriber.take()
+    assert (subscriber.queued, subscriber.heartbeats) == (0, 0)
