@@ -130,24 +130,17 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _publish(args: argparse.Namespace) -> int:
     data = sys.stdin.read() if args.data == "-" else args.data
-    if args.redis_url:
-        from gateway.errors import GatewayError
+    if not args.redis_url:
+        from sse_gateway_client.cli import run_publish
 
-        try:
-            result = asyncio.run(_publish_to_redis(args.redis_url, args.channel, data, args.event))
-        except GatewayError as exc:
-            print(f"sse-gateway publish: {exc.code}: {exc.detail}", file=sys.stderr)
-            return 1
-    else:
-        from sse_gateway_client import GatewayClientError, publish
+        return run_publish(args.channel, data, args.event, args.url, args.token, args.api_key)
+    from gateway.errors import GatewayError
 
-        try:
-            result = publish(
-                args.channel, data, event=args.event, base_url=args.url, token=args.token, api_key=args.api_key
-            )
-        except GatewayClientError as exc:
-            print(f"sse-gateway publish: {exc}", file=sys.stderr)
-            return 1
+    try:
+        result = asyncio.run(_publish_to_redis(args.redis_url, args.channel, data, args.event))
+    except GatewayError as exc:
+        print(f"sse-gateway publish: {exc.code}: {exc.detail}", file=sys.stderr)
+        return 1
     print(json.dumps(result))
     return 0
 
