@@ -13,6 +13,7 @@ import time
 from gateway.broker import Broker
 from gateway.errors import RedisUnavailable
 from gateway.events import Event
+from gateway.flusher import Flusher
 from gateway.metrics import EVICTIONS
 from gateway.replay import catch_up
 from gateway.subscriber import Subscriber
@@ -30,6 +31,7 @@ class Hub:
         self._ticker: asyncio.Task[None] | None = None
         self.upstream = Upstream(redis_url, broker.naming, self.deliver, self._catch_up)
         self._subscribers: dict[str, set[Subscriber]] = {}
+        self.flusher = Flusher()
         # Every stream from its first moment to its end, attached or not yet, so a drain reaches all of them.
         self._open: set[Subscriber] = set()
         self.draining = False

@@ -40,7 +40,7 @@ PUBLISH_SECONDS = Histogram(
 )
 FANOUT_LAG_SECONDS = Histogram(
     "sse_fanout_lag_seconds",
-    "From an event's arrival from Redis to the write that carries it to a client",
+    "From an event's arrival from Redis to the write that carries it to a client (the oldest of each flush turn)",
     buckets=LATENCY_BUCKETS,
 )
 REFUSED = Counter("sse_refused_total", "Requests refused by a limit, by limit", ["limit"])

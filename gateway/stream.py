@@ -21,7 +21,7 @@ from gateway.config import Settings, split_list
 from gateway.cursor import StreamId
 from gateway.errors import RedisUnavailable
 from gateway.hub import Hub
-from gateway.metrics import FANOUT_LAG_SECONDS, FRAMES_OUT, OPEN_STREAMS, REFUSED, REPLAYS, STREAMS_CLOSED
+from gateway.metrics import OPEN_STREAMS, REFUSED, REPLAYS, STREAMS_CLOSED
 from gateway.replay import replay, start_positions
 from gateway.sse import encode_comment, encode_retry
 from gateway.subscriber import Subscriber
@@ -114,7 +114,7 @@ class EventStream:
         watcher = asyncio.create_task(_close_on_disconnect(receive, subscriber))
         subscriber.writer = asyncio.current_task()
         try:
-            await self._write_events(subscriber, write, opening)
+            await self._write_events(subscriber, write, opening, send_body)
             await write(b"", more=False)
         except asyncio.CancelledError:
             if not subscriber.writer_cancelled:
@@ -123,10 +123,11 @@ class EventStream:
             asyncio.current_task().uncancel()
         finally:
             subscriber.writer = None
+            subscriber.drop_blocked()
             watcher.cancel()
 
     async def _write_events(
-        self, subscriber: Subscriber, write: Callable[[bytes], Awaitable[None]], opening: bytes
+        self, subscriber: Subscriber, write: Callable[[bytes], Awaitable[None]], opening: bytes, send_body: Send
     ) -> None:
         """The stream's body, from the opening lines to the last event; a Redis failure or a bug ends it cleanly."""
         try:
@@ -135,15 +136,11 @@ class EventStream:
                 await replay(self.hub, subscriber, write)
                 if self.cursor is not None:
                     REPLAYS.labels("miss" if subscriber.gaps_sent else "hit").inc()
+                # Live: the flusher writes from here on; this task steps in only for a write that has to wait.
+                subscriber.go_direct(send_body, self.hub.flusher.schedule)
             while subscriber.close_reason is None:
                 await subscriber.wait()
-                if subscriber.queued:
-                    events, arrival = subscriber.queued - subscriber.heartbeats, subscriber.oldest_arrival
-                    await write(subscriber.take())
-                    if events:
-                        FRAMES_OUT.inc(events)
-                    if arrival is not None:
-                        FANOUT_LAG_SECONDS.observe(time.monotonic() - arrival)
+                await subscriber.finish_write()
             if subscriber.close_reason == "shutdown":
                 # Spread the reconnects of many clients over a window rather than one instant.
                 await write(encode_retry(self.settings.retry_ms + random.randint(0, self.settings.retry_ms)))

@@ -1,8 +1,9 @@
 """One client connection's side of the fan-out: its cursor, a bounded buffer of frames, and eviction.
 
 The hub calls ``offer`` for every event of the client's channels. ``offer`` never waits: it appends the frame to the
-buffer and wakes the client's writer. A client whose buffer passes its bounds is closed (it resumes later with
-Last-Event-ID) rather than allowed to slow anyone else down.
+buffer and, once the stream is live, marks the subscriber due for the flusher, which writes the buffer in one go
+(see gateway.flusher). A client whose buffer passes its bounds is closed (it resumes later with Last-Event-ID) rather
+than allowed to slow anyone else down.
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from gateway.cursor import ZERO, StreamId, channel_set_tag, format_cursor, format_position, format_stream_id
 from gateway.events import Event
+from gateway.flusher import Blocked, finish, send_now
 from gateway.metrics import GAP_EVENTS
 from gateway.sse import encode_comment, encode_event
 
@@ -27,6 +29,7 @@ class Subscriber:
         "writer", "writing", "writer_cancelled", "write_started", "last_write",
         "_heartbeat", "_send_timeout", "_conflate", "_slots", "_tag", "_encoded", "_max_events", "_max_bytes",
         "_frames", "_count", "_size", "_held", "_held_size", "_waiter", "_closed", "heartbeats",
+        "_send", "_schedule", "_due", "blocked",
     )  # fmt: skip
 
     def __init__(
@@ -73,6 +76,11 @@ class Subscriber:
         self.writing = False
         self.writer_cancelled = False
         self.write_started = self.last_write = time.monotonic()
+        # Set once the stream is live: the server's send, and the flusher that calls it (see go_direct).
+        self._send: Callable[[dict[str, object]], object] | None = None
+        self._schedule: Callable[[Subscriber], None] | None = None
+        self._due = False  # in the flusher's queue
+        self.blocked: Blocked | None = None  # a write the flusher started that must wait for the client
 
     # -- called by the hub; never awaits ------------------------------------------------------------------------
 
@@ -174,9 +182,50 @@ class Subscriber:
         self.oldest_arrival = None
         return b"".join(frames)
 
+    def go_direct(self, send: Callable[[dict[str, object]], object], schedule: Callable[[Subscriber], None]) -> None:
+        """Hand the writing of queued frames to the flusher: ``schedule`` queues this subscriber for it."""
+        self._send, self._schedule = send, schedule
+        if self._count:
+            self._mark_due()
+
+    def write_now(self, now: float) -> int:
+        """Called by the flusher: write everything queued, without waiting. Returns how many events it carried."""
+        self._due = False
+        if self.close_reason is not None or self.blocked is not None or not self._count or self._send is None:
+            return 0
+        events = self._count - self.heartbeats
+        blocked = send_now(self._send({"type": "http.response.body", "body": self.take(), "more_body": True}))
+        if blocked is None:
+            self.last_write = now
+        else:
+            # The client's socket is full: its own task finishes this write, and the tick watches how long it takes.
+            self.blocked = blocked
+            self.writing, self.write_started = True, now
+            self._wake()
+        return events
+
+    async def finish_write(self) -> None:
+        """In the client's task: finish the write that had to wait, then give the queue back to the flusher."""
+        blocked = self.blocked
+        if blocked is None:
+            return
+        try:
+            await finish(blocked)
+        finally:
+            self.blocked = None
+            self.writing, self.last_write = False, time.monotonic()
+        if self._count:
+            self._mark_due()
+
+    def drop_blocked(self) -> None:
+        """Abandon a write that had to wait, as the response ends without it (the client is being cut off)."""
+        if self.blocked is not None:
+            self.blocked[0].close()
+            self.blocked = None
+
     async def wait(self) -> None:
-        """Wait until something is queued (a heartbeat, at the least) or the subscriber is closed."""
-        if self._count or self.close_reason is not None:
+        """Wait until a write needs the client's own task (see write_now) or the subscriber is closed."""
+        if self.blocked is not None or self.close_reason is not None:
             return
         self._waiter = asyncio.get_running_loop().create_future()
         try:
@@ -243,7 +292,13 @@ class Subscriber:
         if bounded and (self._count > self._max_events or self._size > self._max_bytes):
             self.close("overflow")
             return
-        self._wake()
+        if self._send is not None and not self._due and self.blocked is None:
+            self._mark_due()
+
+    def _mark_due(self) -> None:
+        assert self._schedule is not None
+        self._due = True
+        self._schedule(self)
 
 
 def gap_frame(channel: str, requested: StreamId, first_available: StreamId) -> bytes:

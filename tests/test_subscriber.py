@@ -95,15 +95,22 @@ def test_close_keeps_the_first_reason() -> None:
     assert subscriber.close_reason == "client_left"
 
 
-async def test_wait_sleeps_when_empty_and_wakes_on_offer_or_close() -> None:
+async def test_wait_sleeps_while_the_flusher_writes_and_wakes_for_a_blocked_write_or_close() -> None:
     subscriber = live(["a"])
+    subscriber.go_direct(_blocking_send, lambda s: None)
+    subscriber.offer(ev("a", 1))
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(subscriber.wait(), 0.01)
-    subscriber.offer(ev("a", 1))
+    subscriber.write_now(time.monotonic())
+    assert subscriber.blocked is not None and subscriber.writing
     await asyncio.wait_for(subscriber.wait(), 5)
-    subscriber.take()
+    subscriber.drop_blocked()
     subscriber.close("shutdown")
     await asyncio.wait_for(subscriber.wait(), 5)
+
+
+async def _blocking_send(message: dict) -> None:
+    await asyncio.get_running_loop().create_future()
 
 
 def test_tick_queues_a_heartbeat_after_a_quiet_heartbeat_interval() -> None:
