@@ -26,7 +26,7 @@ from gateway.hub import Hub
 from gateway.limits import PublishRate
 from gateway.metrics import process_exited
 from gateway.routes import routes
-from gateway.stream import RawSend
+from gateway.stream import StreamHost
 
 log = logging.getLogger("gateway.app")
 
@@ -37,7 +37,7 @@ def create_app(
     authenticator: Authenticator | None = None,
     on_shutdown: Callable[[], None] | None = None,
     demo: bool = False,
-) -> RawSend:
+) -> StreamHost:
     """The gateway for ``settings.redis_url``; ``on_shutdown`` runs last, after every stream has ended.
 
     Raises ValueError for settings that must not start (no Redis URL, or an exposed gateway with no auth keys).
@@ -87,7 +87,7 @@ def create_app(
                 max_age=600,
             )
         )
-    return RawSend(
+    return StreamHost(
         Starlette(
             routes=routes,
             lifespan=lifespan,

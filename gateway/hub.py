@@ -80,7 +80,7 @@ class Hub:
         pending = [asyncio.ensure_future(c.wait()) for c in confirmations if not c.is_set()]
         if not pending:
             return
-        closed = asyncio.ensure_future(subscriber.closed.wait())
+        closed = asyncio.ensure_future(subscriber.until_closed())
         try:
             confirmed = asyncio.gather(*pending)
             done, _ = await asyncio.wait({confirmed, closed}, timeout=SUBSCRIBE_TIMEOUT, return_when="FIRST_COMPLETED")

@@ -14,7 +14,7 @@ from gateway.auth import Authenticator
 from gateway.config import Settings
 from gateway.embedded import EmbeddedServer
 from gateway.metrics import MULTIPROCESS_DIR
-from gateway.stream import RawSend
+from gateway.stream import StreamHost
 
 log = logging.getLogger("gateway.server")
 
@@ -62,7 +62,7 @@ def serve(settings: Settings, *, demo: bool = False) -> int:
     return 0
 
 
-def app_from_env() -> RawSend:
+def app_from_env() -> StreamHost:
     """The app of one worker process; its logging is set up anew, as spawned processes start blank."""
     settings = Settings.from_env()
     logs.configure(settings.log_level, settings.log_format)

@@ -33,11 +33,13 @@ HEADERS = [
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
-RAW_SEND = "gateway.raw_send"
+STREAM_HOST = "gateway.stream_host"
 T = TypeVar("T")
 
 
 class EventStream:
+    """The response of the /events routes. The app's stack runs its start; StreamHost then runs its body."""
+
     def __init__(
         self,
         hub: Hub,
@@ -75,28 +77,26 @@ class EventStream:
         fields = {"channels": ",".join(self.channels), "client": "%s:%s" % (scope.get("client") or ("-", 0))}
         log.info("stream opened", extra={"fields": {**fields, "resume": self.cursor is not None}})
         try:
-            # Middlewares only look at the response start; the body goes straight to the server (see RawSend).
-            await self._stream(subscriber, receive, send, scope.get(RAW_SEND, send))
-        finally:
-            self.hub.detach(subscriber)
-            OPEN_STREAMS.dec()
-            reason = subscriber.close_reason or "ended"
-            STREAMS_CLOSED.labels(reason).inc()
-            seconds = round(time.monotonic() - opened, 3)
-            log.info("stream closed", extra={"fields": {**fields, "reason": reason, "seconds": seconds}})
+            opening = await self._opening(subscriber)
+            await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+        except BaseException:
+            self._ended(subscriber, fields, opened)
+            raise
 
-    async def _stream(self, subscriber: Subscriber, receive: Receive, send: Send, send_body: Send) -> None:
-        settings = self.settings
-        clock = time.monotonic
-
-        async def write(body: bytes, more: bool = True) -> None:
-            # A write that never finishes (a client that reads nothing) is found by the hub's tick: see tick().
-            subscriber.writing, subscriber.write_started = True, clock()
+        async def body(receive: Receive, send: Send) -> None:
             try:
-                await send_body({"type": "http.response.body", "body": body, "more_body": more})
+                await self._body(subscriber, opening, receive, send)
             finally:
-                subscriber.writing, subscriber.last_write = False, clock()
+                self._ended(subscriber, fields, opened)
 
+        later = scope.get(STREAM_HOST)
+        if later is None:
+            await body(receive, send)
+        else:
+            later.append(body)
+
+    async def _opening(self, subscriber: Subscriber) -> bytes:
+        """Fix the starting position, and return the stream's first bytes."""
         # Fixed before the client sees the stream open, so nothing published after its `onopen` counts as old.
         try:
             positions = await _unless_closed(subscriber, start_positions(self.hub.broker, self.channels, self.cursor))
@@ -104,17 +104,36 @@ class EventStream:
             subscriber.close("redis_unavailable")
             log.warning("stream closed: %s", exc.detail)
             positions = None
-        opening = encode_comment("connected") + encode_retry(settings.retry_ms)
+        opening = encode_comment("connected") + encode_retry(self.settings.retry_ms)
         if positions is not None:
             subscriber.start_at(positions)
             # The id tells a client that receives no event before it drops where to resume from.
             opening = opening[:-1] + f"id: {subscriber.last_event_id}\n\n".encode()
+        return opening
 
-        await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+    def _ended(self, subscriber: Subscriber, fields: dict[str, str], opened: float) -> None:
+        self.hub.detach(subscriber)
+        OPEN_STREAMS.dec()
+        reason = subscriber.close_reason or "ended"
+        STREAMS_CLOSED.labels(reason).inc()
+        seconds = round(time.monotonic() - opened, 3)
+        log.info("stream closed", extra={"fields": {**fields, "reason": reason, "seconds": seconds}})
+
+    async def _body(self, subscriber: Subscriber, opening: bytes, receive: Receive, send: Send) -> None:
+        clock = time.monotonic
+
+        async def write(body: bytes, more: bool = True) -> None:
+            # A write that never finishes (a client that reads nothing) is found by the hub's tick: see tick().
+            subscriber.writing, subscriber.write_started = True, clock()
+            try:
+                await send({"type": "http.response.body", "body": body, "more_body": more})
+            finally:
+                subscriber.writing, subscriber.last_write = False, clock()
+
         watcher = asyncio.create_task(_close_on_disconnect(receive, subscriber))
         subscriber.writer = asyncio.current_task()
         try:
-            await self._write_events(subscriber, write, opening, send_body)
+            await self._write_events(subscriber, write, opening, send)
             await write(b"", more=False)
         except asyncio.CancelledError:
             if not subscriber.writer_cancelled:
@@ -163,26 +182,33 @@ async def _turn_away(send: Send, retry_ms: int) -> None:
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-class RawSend:
-    """Outermost ASGI wrapper: keeps the server's own ``send`` in the scope for event streams.
+class StreamHost:
+    """Outermost ASGI wrapper: runs an event stream's body once the app's own stack has returned.
 
-    The middlewares (errors, access log, CORS) act on ``http.response.start`` only, so a stream sends its start
-    through them and its body chunks straight to the server, sparing three wrapper coroutines on every write.
+    Routing, authentication and the middlewares (errors, access log, CORS) are done with a stream once its response
+    has started; the stream itself may then last for hours. Run out here, with the server's own ``send`` and
+    ``receive``, it keeps none of their frames alive meanwhile and spares every write their wrappers.
     """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            scope[RAW_SEND] = send
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        # A list, not a scope key to read back: it is shared even with a middleware that copies the scope.
+        later: list[Callable[[Receive, Send], Awaitable[None]]] = []
+        scope[STREAM_HOST] = later
         await self.app(scope, receive, send)
+        for body in later:
+            await body(receive, send)
 
 
 async def _unless_closed(subscriber: Subscriber, work: Awaitable[T]) -> T | None:
     """The result of ``work``, or None as soon as the subscriber is closed (a drain must not wait on Redis)."""
     task = asyncio.ensure_future(work)
-    closed = asyncio.ensure_future(subscriber.closed.wait())
+    closed = asyncio.ensure_future(subscriber.until_closed())
     try:
         await asyncio.wait({task, closed}, return_when=asyncio.FIRST_COMPLETED)
     finally:

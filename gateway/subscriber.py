@@ -28,7 +28,7 @@ class Subscriber:
         "channels", "multi", "positions", "expires_at", "close_reason", "gaps_sent", "oldest_arrival",
         "writer", "writing", "writer_cancelled", "write_started", "last_write",
         "_heartbeat", "_send_timeout", "_conflate", "_slots", "_tag", "_encoded", "_max_events", "_max_bytes",
-        "_frames", "_count", "_size", "_held", "_held_size", "_waiter", "_closed", "heartbeats",
+        "_frames", "_count", "_size", "_held", "_held_size", "_waiter", "_close_waiters", "heartbeats",
         "_send", "_schedule", "_due", "blocked",
     )  # fmt: skip
 
@@ -48,12 +48,12 @@ class Subscriber:
         self._send_timeout = send_timeout
         self.expires_at = expires_at  # wall-clock second at which the client's token runs out
         # Channels whose queued, unsent event is replaced by a newer one: state feeds, where only the latest counts.
-        self._conflate = frozenset(conflate)
+        self._conflate = tuple(conflate)  # a few names at most; an empty tuple costs nothing
         self._slots: dict[str, int] = {}  # conflated channel -> index of its queued frame
         self.multi = len(self.channels) > 1
         # The id of the last event queued for this client, per channel: anything at or below it is a duplicate.
         self.positions: dict[str, StreamId] = {}
-        self._tag = channel_set_tag(self.channels)
+        self._tag = channel_set_tag(self.channels) if self.multi else ""
         self._encoded: dict[str, str] = {}
         self._max_events = max_events
         self._max_bytes = max_bytes
@@ -70,7 +70,7 @@ class Subscriber:
         # The writer's pending wait, if it is waiting: a bare future is cheaper to wake than an asyncio.Event.
         self._waiter: asyncio.Future[None] | None = None
         self.close_reason: str | None = None
-        self._closed: asyncio.Event | None = None  # made when first waited on
+        self._close_waiters: list[asyncio.Future[None]] | None = None
         # The task writing to the client, set while the response runs: eviction cancels it if it is stuck.
         self.writer: asyncio.Task[None] | None = None
         self.writing = False
@@ -112,8 +112,9 @@ class Subscriber:
             self._count = self._size = 0
             self._held = None if self._held is None else []
             self._wake()
-            if self._closed is not None:
-                self._closed.set()
+            for waiter in self._close_waiters or ():
+                if not waiter.done():
+                    waiter.set_result(None)
             if self.writing and self.writer is not None:
                 # Blocked writing to a client that does not read: waiting on it would hold up the close.
                 self.writer_cancelled = True
@@ -138,20 +139,27 @@ class Subscriber:
             self._push(HEARTBEAT, bounded=False)
             self.heartbeats += 1
 
-    @property
-    def closed(self) -> asyncio.Event:
-        """Set once the subscriber is closed, for code that must stop waiting on Redis then."""
-        if self._closed is None:
-            self._closed = asyncio.Event()
-            if self.close_reason is not None:
-                self._closed.set()
-        return self._closed
+    async def until_closed(self) -> None:
+        """Return once the subscriber is closed: for code that must stop waiting on Redis then."""
+        if self.close_reason is not None:
+            return
+        # Futures made only while someone waits: an asyncio.Event kept for the stream's life costs about 1 KiB.
+        waiter = asyncio.get_running_loop().create_future()
+        self._close_waiters = waiters = self._close_waiters or []
+        waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            waiters.remove(waiter)
+            if not waiters and self._close_waiters is waiters:
+                self._close_waiters = None
 
     # -- called by the client's own task ------------------------------------------------------------------------
 
     def start_at(self, positions: dict[str, StreamId]) -> None:
         self.positions = dict(positions)
-        self._encoded = {channel: format_position(position) for channel, position in self.positions.items()}
+        if self.multi:
+            self._encoded = {channel: format_position(position) for channel, position in self.positions.items()}
 
     def accept(self, events: list[Event]) -> None:
         """Queue backlog events (from the replay buffer), dropping any at or below the cursor."""
