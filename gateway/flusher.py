@@ -37,7 +37,7 @@ def send_now(send: Awaitable[None]) -> Blocked | None:
     """Run an awaitable until it completes or must wait; None if it completed."""
     steps = send.__await__()
     try:
-        waiting_on = steps.send(None)
+        waiting_on = _released(steps.send(None))
     except StopIteration:
         return None
     return steps, waiting_on
@@ -54,14 +54,24 @@ async def finish(blocked: Blocked) -> None:
                 await waiting_on
         except BaseException as exc:  # cancellation included: the send must see it, to clean up after itself
             try:
-                waiting_on = steps.throw(exc)
+                waiting_on = _released(steps.throw(exc))
             except StopIteration:
                 return
             continue
         try:
-            waiting_on = steps.send(None)
+            waiting_on = _released(steps.send(None))
         except StopIteration:
             return
+
+
+def _released(waiting_on: Any) -> Any:
+    """Do what a task does with a future its coroutine yields: clear the flag that says it is being waited on.
+
+    Left set, the flag makes the next ``await`` of that future fail ("await wasn't used with future").
+    """
+    if waiting_on is not None:
+        waiting_on._asyncio_future_blocking = False
+    return waiting_on
 
 
 class Flusher:

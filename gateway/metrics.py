@@ -27,6 +27,9 @@ OPEN_STREAMS = Gauge("sse_open_streams", "SSE streams open now", multiprocess_mo
 STREAMS_CLOSED = Counter("sse_streams_closed_total", "SSE streams ended, by reason", ["reason"])
 MESSAGES_IN = Counter("sse_messages_in_total", "Events received from Redis (live and catch-up)")
 FRAMES_OUT = Counter("sse_frames_out_total", "Event frames written to clients (backlog included)")
+WRITES_WAITED = Counter(
+    "sse_writes_waited_total", "Writes that had to wait for a client's socket to drain (a slow reader, not yet evicted)"
+)
 EVICTIONS = Counter("sse_evictions_total", "Clients disconnected for falling behind, by reason", ["reason"])
 REPLAYS = Counter(
     "sse_replays_total", "Streams resumed from a Last-Event-ID: hit (all still buffered) or miss (a gap)", ["result"]

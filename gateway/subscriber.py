@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from gateway.cursor import ZERO, StreamId, channel_set_tag, format_cursor, format_position, format_stream_id
 from gateway.events import Event
 from gateway.flusher import Blocked, finish, send_now
-from gateway.metrics import GAP_EVENTS
+from gateway.metrics import GAP_EVENTS, WRITES_WAITED
 from gateway.sse import encode_comment, encode_event
 
 HEARTBEAT = encode_comment("keepalive")
@@ -209,6 +209,7 @@ class Subscriber:
             # The client's socket is full: its own task finishes this write, and the tick watches how long it takes.
             self.blocked = blocked
             self.writing, self.write_started = True, now
+            WRITES_WAITED.inc()
             self._wake()
         return events
 

@@ -6,16 +6,27 @@ import asyncio
 import socket
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
+from gateway.stream import STREAM_HOST, StreamHost
 from sse_gateway_client import SSEParser
 from tests.servers import GatewayProcess
-from tests.streams import open_stream, publish_many, stalled_request
+from tests.streams import open_stream, publish, publish_many, stalled_request
+from tests.test_metrics import _value
 
 
 @pytest.fixture(scope="module")
 def small_client_buffer_gateway(redis_server) -> Iterator[GatewayProcess]:
     env = {"SSE_GATEWAY_CLIENT_BUFFER_EVENTS": "16", "SSE_GATEWAY_CLIENT_BUFFER_BYTES": "262144"}
+    process = GatewayProcess(redis_server.url, env=env).start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def large_client_buffer_gateway(redis_server) -> Iterator[GatewayProcess]:
+    env = {"SSE_GATEWAY_CLIENT_BUFFER_EVENTS": "4096", "SSE_GATEWAY_CLIENT_BUFFER_BYTES": str(64 << 20)}
     process = GatewayProcess(redis_server.url, env=env).start()
     yield process
     process.stop()
@@ -66,3 +77,63 @@ async def test_stalled_client_is_evicted_while_others_get_everything_and_it_resu
         rest = await resumed.take(len(ids) - len(got), timeout=20)
     assert [e.id for e in rest] == ids[len(got) :]
     assert "Exception in ASGI application" not in small_client_buffer_gateway.log()
+
+
+@pytest.mark.timeout(90)
+async def test_a_slow_reader_that_catches_up_gets_everything_and_stays_connected(large_client_buffer_gateway, channel):
+    gateway = large_client_buffer_gateway
+    waited_before = _value(httpx.get(f"{gateway.url}/metrics").text, "sse_writes_waited_total")
+    slow = stalled_request(gateway.port, f"/events/{channel}")
+    await asyncio.sleep(0.3)  # its stream is open
+    # About 10 MB: more than the sockets hold (4 MB at most here), so writes must wait; less than the client buffer.
+    ids = await publish_many(gateway.url, channel, [f"{i:04d}:" + "x" * 16000 for i in range(600)])
+    waited = _value(httpx.get(f"{gateway.url}/metrics").text, "sse_writes_waited_total") - waited_before
+    assert waited > 0, "the test never made the server wait for the slow reader"
+
+    raw = bytearray()
+
+    def read_events(count: int) -> list:
+        slow.settimeout(20)
+        while raw.count(b"\n\n") <= count:  # the opening lines end with a blank line too
+            chunk = slow.recv(65536)
+            assert chunk, "the server closed the slow reader's stream"
+            raw.extend(chunk)
+        return [e for e in SSEParser().feed(_dechunk(bytes(raw))) if e.data]
+
+    received = await asyncio.to_thread(read_events, len(ids))
+    assert [e.id for e in received] == ids
+    last = await publish(gateway.url, channel, "after")
+    assert [e.id for e in await asyncio.to_thread(read_events, len(ids) + 1)][-1] == last
+    slow.close()
+    assert "write failed" not in gateway.log() and "stream failed" not in gateway.log()
+
+
+async def test_stream_host_runs_a_deferred_body_after_the_app_returns_with_the_servers_own_send():
+    order = []
+
+    async def server_send(message: dict) -> None:
+        order.append(("server", message["type"]))
+
+    async def receive() -> dict:
+        return {"type": "http.disconnect"}
+
+    async def app(scope, receive, send):
+        async def wrapped_send(message: dict) -> None:
+            order.append(("middleware", message["type"]))
+            await server_send(message)
+
+        await wrapped_send({"type": "http.response.start", "status": 200, "headers": []})
+
+        async def body(receive, send) -> None:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+        scope[STREAM_HOST].append(body)
+        order.append(("app", "returned"))
+
+    await StreamHost(app)({"type": "http", "path": "/"}, receive, server_send)
+    assert order == [
+        ("middleware", "http.response.start"),
+        ("server", "http.response.start"),
+        ("app", "returned"),
+        ("server", "http.response.body"),
+    ]
