@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.flusher")
 
 # About a millisecond of writes: short enough for the loop to read publishes in between, long enough to amortise.
-SLICE = 256
+SLICE = 16
 
 Blocked = tuple[Generator[Any, None, None], Any]
 """A started ``send`` that had to wait: the rest of the coroutine, and what it was waiting on."""

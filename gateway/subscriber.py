@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from gateway.cursor import ZERO, StreamId, channel_set_tag, format_cursor, format_position, format_stream_id
 from gateway.events import Event
+from gateway.fastpath import ChunkWriter
 from gateway.flusher import Blocked, finish, send_now
 from gateway.metrics import GAP_EVENTS, WRITES_WAITED
 from gateway.sse import encode_comment, encode_event
@@ -29,7 +30,7 @@ class Subscriber:
         "writer", "writing", "writer_cancelled", "write_started", "last_write",
         "_heartbeat", "_send_timeout", "_conflate", "_slots", "_tag", "_encoded", "_max_events", "_max_bytes",
         "_frames", "_count", "_size", "_held", "_held_size", "_waiter", "_close_waiters", "heartbeats",
-        "_send", "_schedule", "_due", "blocked",
+        "_send", "_chunks", "_schedule", "_due", "blocked",
     )  # fmt: skip
 
     def __init__(
@@ -78,6 +79,7 @@ class Subscriber:
         self.write_started = self.last_write = time.monotonic()
         # Set once the stream is live: the server's send, and the flusher that calls it (see go_direct).
         self._send: Callable[[dict[str, object]], object] | None = None
+        self._chunks: ChunkWriter | None = None  # a shorter way to the same socket (see gateway.fastpath)
         self._schedule: Callable[[Subscriber], None] | None = None
         self._due = False  # in the flusher's queue
         self.blocked: Blocked | None = None  # a write the flusher started that must wait for the client
@@ -193,6 +195,7 @@ class Subscriber:
     def go_direct(self, send: Callable[[dict[str, object]], object], schedule: Callable[[Subscriber], None]) -> None:
         """Hand the writing of queued frames to the flusher: ``schedule`` queues this subscriber for it."""
         self._send, self._schedule = send, schedule
+        self._chunks = ChunkWriter.for_send(send)
         if self._count:
             self._mark_due()
 
@@ -202,7 +205,11 @@ class Subscriber:
         if self.close_reason is not None or self.blocked is not None or not self._count or self._send is None:
             return 0
         events = self._count - self.heartbeats
-        blocked = send_now(self._send({"type": "http.response.body", "body": self.take(), "more_body": True}))
+        body = self.take()
+        if self._chunks is not None and self._chunks.write(body):
+            self.last_write = now
+            return events
+        blocked = send_now(self._send({"type": "http.response.body", "body": body, "more_body": True}))
         if blocked is None:
             self.last_write = now
         else:
