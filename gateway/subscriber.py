@@ -188,9 +188,10 @@ class Subscriber:
         """Everything queued, as one write."""
         frames, self._frames, self._size, self._count = self._frames, [], 0, 0
         self.heartbeats = 0
-        self._slots.clear()
+        if self._slots:
+            self._slots.clear()
         self.oldest_arrival = None
-        return b"".join(frames)
+        return frames[0] if len(frames) == 1 else b"".join(frames)
 
     def go_direct(self, send: Callable[[dict[str, object]], object], schedule: Callable[[Subscriber], None]) -> None:
         """Hand the writing of queued frames to the flusher: ``schedule`` queues this subscriber for it."""
@@ -258,6 +259,7 @@ class Subscriber:
     # -- internals --------------------------------------------------------------------------------------------
 
     def _queue(self, event: Event, *, bounded: bool = True) -> None:
+        # Runs once per client per event: the common case (one channel, no conflation) takes the fewest steps.
         if self.oldest_arrival is None:
             self.oldest_arrival = event.arrived
         stream_id = event.stream_id
@@ -273,10 +275,12 @@ class Subscriber:
             frame = b"id: " + self.last_event_id.encode() + b"\n" + event.multi_body
         else:
             frame = event.frame
-        if channel in self._conflate:
-            self._replace_queued(channel)
+        if not self._conflate or channel not in self._conflate:
+            self._push(frame, bounded)
+            return
+        self._replace_queued(channel)
         self._push(frame, bounded)
-        if channel in self._conflate and self.close_reason is None:
+        if self.close_reason is None:
             self._slots[channel] = len(self._frames) - 1
 
     def _wake(self) -> None:
@@ -308,8 +312,9 @@ class Subscriber:
         if bounded and (self._count > self._max_events or self._size > self._max_bytes):
             self.close("overflow")
             return
-        if self._send is not None and not self._due and self.blocked is None:
-            self._mark_due()
+        if not self._due and self._schedule is not None and self.blocked is None:
+            self._due = True
+            self._schedule(self)
 
     def _mark_due(self) -> None:
         assert self._schedule is not None
