@@ -16,8 +16,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Generator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from gateway.metrics import FANOUT_LAG_SECONDS, FRAMES_OUT
 
@@ -28,50 +27,6 @@ log = logging.getLogger("gateway.flusher")
 
 # About a millisecond of writes: short enough for the loop to read publishes in between, long enough to amortise.
 SLICE = 16
-
-Blocked = tuple[Generator[Any, None, None], Any]
-"""A started ``send`` that had to wait: the rest of the coroutine, and what it was waiting on."""
-
-
-def send_now(send: Awaitable[None]) -> Blocked | None:
-    """Run an awaitable until it completes or must wait; None if it completed."""
-    steps = send.__await__()
-    try:
-        waiting_on = _released(steps.send(None))
-    except StopIteration:
-        return None
-    return steps, waiting_on
-
-
-async def finish(blocked: Blocked) -> None:
-    """Drive a send that ``send_now`` started to its end, in the calling task."""
-    steps, waiting_on = blocked
-    while True:
-        try:
-            if waiting_on is None:  # a bare yield: the coroutine just gave the loop a turn
-                await asyncio.sleep(0)
-            else:
-                await waiting_on
-        except BaseException as exc:  # cancellation included: the send must see it, to clean up after itself
-            try:
-                waiting_on = _released(steps.throw(exc))
-            except StopIteration:
-                return
-            continue
-        try:
-            waiting_on = _released(steps.send(None))
-        except StopIteration:
-            return
-
-
-def _released(waiting_on: Any) -> Any:
-    """Do what a task does with a future its coroutine yields: clear the flag that says it is being waited on.
-
-    Left set, the flag makes the next ``await`` of that future fail ("await wasn't used with future").
-    """
-    if waiting_on is not None:
-        waiting_on._asyncio_future_blocking = False
-    return waiting_on
 
 
 class Flusher:

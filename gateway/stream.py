@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.config import Settings, split_list
 from gateway.cursor import StreamId
@@ -24,6 +24,7 @@ from gateway.hub import Hub
 from gateway.metrics import OPEN_STREAMS, REFUSED, REPLAYS, STREAMS_CLOSED
 from gateway.replay import replay, start_positions
 from gateway.sse import encode_comment, encode_retry
+from gateway.stepping import Watch
 from gateway.subscriber import Subscriber
 
 log = logging.getLogger("gateway.stream")
@@ -38,7 +39,16 @@ T = TypeVar("T")
 
 
 class EventStream:
-    """The response of the /events routes. The app's stack runs its start; StreamHost then runs its body."""
+    """The response of the /events routes. The app's stack runs its start; StreamHost then runs its body.
+
+    Thousands are open at once for hours, so a stream keeps its state in slots and, once live, waits in one
+    coroutine frame: its writes are the flusher's (gateway.flusher) and its disconnect is watched without a task.
+    """
+
+    __slots__ = (
+        "hub", "channels", "cursor", "settings", "expires_at",
+        "_subscriber", "_opening", "_opened", "_fields", "_send",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -73,29 +83,58 @@ class EventStream:
             return
         self.hub.open(subscriber)
         OPEN_STREAMS.inc()
-        opened = time.monotonic()
-        fields = {"channels": ",".join(self.channels), "client": "%s:%s" % (scope.get("client") or ("-", 0))}
-        log.info("stream opened", extra={"fields": {**fields, "resume": self.cursor is not None}})
+        self._subscriber, self._opened = subscriber, time.monotonic()
+        self._fields = {"channels": ",".join(self.channels), "client": "%s:%s" % (scope.get("client") or ("-", 0))}
+        log.info("stream opened", extra={"fields": {**self._fields, "resume": self.cursor is not None}})
         try:
-            opening = await self._opening(subscriber)
+            self._opening = await self._opening_lines(subscriber)
             await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
         except BaseException:
-            self._ended(subscriber, fields, opened)
+            self._ended()
             raise
-
-        async def body(receive: Receive, send: Send) -> None:
-            try:
-                await self._body(subscriber, opening, receive, send)
-            finally:
-                self._ended(subscriber, fields, opened)
-
         later = scope.get(STREAM_HOST)
         if later is None:
-            await body(receive, send)
+            await self.run(receive, send)
         else:
-            later.append(body)
+            later.append(self.run)
 
-    async def _opening(self, subscriber: Subscriber) -> bytes:
+    async def run(self, receive: Receive, send: Send) -> None:
+        """The stream's body, from its opening lines to its last; a Redis failure or a bug ends it cleanly."""
+        subscriber = self._subscriber
+        self._send = send
+        watch = _DisconnectWatch(receive, subscriber)
+        subscriber.writer = asyncio.current_task()
+        try:
+            try:
+                await self._write(self._opening)
+                if subscriber.close_reason is None:
+                    await self._replay()
+                while subscriber.close_reason is None:
+                    await subscriber.wait()
+                    await subscriber.finish_write()
+                if subscriber.close_reason == "shutdown":
+                    # Spread the reconnects of many clients over a window rather than one instant.
+                    await self._write(encode_retry(self.settings.retry_ms + random.randint(0, self.settings.retry_ms)))
+            except RedisUnavailable as exc:
+                # A transient problem ends the stream (the client retries); a 5xx would stop a browser for good.
+                subscriber.close("redis_unavailable")
+                log.warning("stream closed: %s", exc.detail)
+            except Exception:
+                subscriber.close("error")
+                log.exception("stream failed")
+            await self._write(b"", more=False)
+        except asyncio.CancelledError:
+            if not subscriber.writer_cancelled:
+                raise
+            # Closed while blocked writing to a client that stopped reading: this response cannot end cleanly.
+            asyncio.current_task().uncancel()
+        finally:
+            subscriber.writer = None
+            subscriber.drop_blocked()
+            watch.cancel()
+            self._ended()
+
+    async def _opening_lines(self, subscriber: Subscriber) -> bytes:
         """Fix the starting position, and return the stream's first bytes."""
         # Fixed before the client sees the stream open, so nothing published after its `onopen` counts as old.
         try:
@@ -111,65 +150,31 @@ class EventStream:
             opening = opening[:-1] + f"id: {subscriber.last_event_id}\n\n".encode()
         return opening
 
-    def _ended(self, subscriber: Subscriber, fields: dict[str, str], opened: float) -> None:
+    async def _replay(self) -> None:
+        subscriber = self._subscriber
+        await replay(self.hub, subscriber, self._write)
+        if self.cursor is not None:
+            REPLAYS.labels("miss" if subscriber.gaps_sent else "hit").inc()
+        # Live: the flusher writes from here on; this task steps in only for a write that has to wait.
+        subscriber.go_direct(self._send, self.hub.flusher.schedule)
+
+    async def _write(self, body: bytes, more: bool = True) -> None:
+        # A write that never finishes (a client that reads nothing) is found by the hub's tick: see tick().
+        subscriber = self._subscriber
+        subscriber.writing, subscriber.write_started = True, time.monotonic()
+        try:
+            await self._send({"type": "http.response.body", "body": body, "more_body": more})
+        finally:
+            subscriber.writing, subscriber.last_write = False, time.monotonic()
+
+    def _ended(self) -> None:
+        subscriber = self._subscriber
         self.hub.detach(subscriber)
         OPEN_STREAMS.dec()
         reason = subscriber.close_reason or "ended"
         STREAMS_CLOSED.labels(reason).inc()
-        seconds = round(time.monotonic() - opened, 3)
-        log.info("stream closed", extra={"fields": {**fields, "reason": reason, "seconds": seconds}})
-
-    async def _body(self, subscriber: Subscriber, opening: bytes, receive: Receive, send: Send) -> None:
-        clock = time.monotonic
-
-        async def write(body: bytes, more: bool = True) -> None:
-            # A write that never finishes (a client that reads nothing) is found by the hub's tick: see tick().
-            subscriber.writing, subscriber.write_started = True, clock()
-            try:
-                await send({"type": "http.response.body", "body": body, "more_body": more})
-            finally:
-                subscriber.writing, subscriber.last_write = False, clock()
-
-        watcher = asyncio.create_task(_close_on_disconnect(receive, subscriber))
-        subscriber.writer = asyncio.current_task()
-        try:
-            await self._write_events(subscriber, write, opening, send)
-            await write(b"", more=False)
-        except asyncio.CancelledError:
-            if not subscriber.writer_cancelled:
-                raise
-            # Closed while blocked writing to a client that stopped reading: this response cannot end cleanly.
-            asyncio.current_task().uncancel()
-        finally:
-            subscriber.writer = None
-            subscriber.drop_blocked()
-            watcher.cancel()
-
-    async def _write_events(
-        self, subscriber: Subscriber, write: Callable[[bytes], Awaitable[None]], opening: bytes, send_body: Send
-    ) -> None:
-        """The stream's body, from the opening lines to the last event; a Redis failure or a bug ends it cleanly."""
-        try:
-            await write(opening)
-            if subscriber.close_reason is None:
-                await replay(self.hub, subscriber, write)
-                if self.cursor is not None:
-                    REPLAYS.labels("miss" if subscriber.gaps_sent else "hit").inc()
-                # Live: the flusher writes from here on; this task steps in only for a write that has to wait.
-                subscriber.go_direct(send_body, self.hub.flusher.schedule)
-            while subscriber.close_reason is None:
-                await subscriber.wait()
-                await subscriber.finish_write()
-            if subscriber.close_reason == "shutdown":
-                # Spread the reconnects of many clients over a window rather than one instant.
-                await write(encode_retry(self.settings.retry_ms + random.randint(0, self.settings.retry_ms)))
-        except RedisUnavailable as exc:
-            # A transient problem ends the stream (the client retries); a 5xx would stop a browser for good.
-            subscriber.close("redis_unavailable")
-            log.warning("stream closed: %s", exc.detail)
-        except Exception:
-            subscriber.close("error")
-            log.exception("stream failed")
+        seconds = round(time.monotonic() - self._opened, 3)
+        log.info("stream closed", extra={"fields": {**self._fields, "reason": reason, "seconds": seconds}})
 
 
 async def _turn_away(send: Send, retry_ms: int) -> None:
@@ -219,9 +224,24 @@ async def _unless_closed(subscriber: Subscriber, work: Awaitable[T]) -> T | None
     return task.result()
 
 
-async def _close_on_disconnect(receive: Receive, subscriber: Subscriber) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            subscriber.close("client_left")
-            return
+class _DisconnectWatch:
+    """Closes the subscriber when the client goes away: receive() stepped by callbacks, not a task per stream."""
+
+    __slots__ = ("_receive", "_subscriber", "_watch")
+
+    def __init__(self, receive: Receive, subscriber: Subscriber) -> None:
+        self._receive, self._subscriber = receive, subscriber
+        self._listen()
+
+    def _listen(self) -> None:
+        self._watch = Watch(self._receive(), self._received)
+        self._watch.start()
+
+    def _received(self, message: Message | None) -> None:
+        if message is None or message["type"] == "http.disconnect":
+            self._subscriber.close("client_left")
+        elif self._subscriber.close_reason is None:
+            self._listen()  # that was the request's (empty) body: the disconnect comes after it
+
+    def cancel(self) -> None:
+        self._watch.cancel()

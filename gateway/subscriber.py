@@ -16,9 +16,9 @@ from collections.abc import Callable, Iterable, Sequence
 from gateway.cursor import ZERO, StreamId, channel_set_tag, format_cursor, format_position, format_stream_id
 from gateway.events import Event
 from gateway.fastpath import ChunkWriter
-from gateway.flusher import Blocked, finish, send_now
 from gateway.metrics import GAP_EVENTS, WRITES_WAITED
 from gateway.sse import encode_comment, encode_event
+from gateway.stepping import Blocked, finish, send_now
 
 HEARTBEAT = encode_comment("keepalive")
 
@@ -240,15 +240,17 @@ class Subscriber:
             self.blocked[0].close()
             self.blocked = None
 
-    async def wait(self) -> None:
-        """Wait until a write needs the client's own task (see write_now) or the subscriber is closed."""
+    def wait(self) -> asyncio.Future[None]:
+        """Done once a write needs the client's own task (see write_now) or the subscriber is closed.
+
+        A future rather than a coroutine: the stream waits on it for hours, and a coroutine's frame would stay too.
+        """
+        waiter = asyncio.get_running_loop().create_future()
         if self.blocked is not None or self.close_reason is not None:
-            return
-        self._waiter = asyncio.get_running_loop().create_future()
-        try:
-            await self._waiter
-        finally:
-            self._waiter = None
+            waiter.set_result(None)
+        else:
+            self._waiter = waiter
+        return waiter
 
     @property
     def last_event_id(self) -> str:
@@ -284,7 +286,7 @@ class Subscriber:
             self._slots[channel] = len(self._frames) - 1
 
     def _wake(self) -> None:
-        waiter = self._waiter
+        waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 

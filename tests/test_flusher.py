@@ -1,15 +1,13 @@
-"""gateway.flusher: sends run without a task of their own, and one loop turn writes to many subscribers."""
+"""gateway.flusher with real subscribers: one loop turn writes to many, and a write that must wait is handed over."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 
-import pytest
-
 from gateway import flusher
 from gateway.events import Event
-from gateway.flusher import Flusher, finish, send_now
+from gateway.flusher import Flusher
 from gateway.subscriber import Subscriber
 
 
@@ -44,44 +42,6 @@ def live_subscriber(client: Client, hub: Flusher, **bounds: int) -> Subscriber:
 async def turn() -> None:
     """Let the loop run the callbacks scheduled so far (one flush turn)."""
     await asyncio.sleep(0)
-
-
-async def test_send_now_runs_a_send_that_need_not_wait_to_its_end() -> None:
-    client = Client()
-    assert send_now(client.send({"body": b"x"})) is None
-    assert client.written == [b"x"]
-
-
-async def test_a_send_that_must_wait_is_finished_by_finish_in_the_calling_task() -> None:
-    client = Client()
-    client.full = asyncio.get_running_loop().create_future()
-    blocked = send_now(client.send({"body": b"x"}))
-    assert blocked is not None and client.written == []
-    finishing = asyncio.create_task(finish(blocked))
-    await turn()
-    assert not finishing.done()
-    client.full.set_result(None)
-    await asyncio.wait_for(finishing, 5)
-    assert client.written == [b"x"]
-
-
-async def test_cancelling_finish_cancels_the_send_itself() -> None:
-    cleaned_up = []
-
-    async def send() -> None:
-        try:
-            await asyncio.get_running_loop().create_future()
-        finally:
-            cleaned_up.append(True)
-
-    blocked = send_now(send())
-    assert blocked is not None
-    finishing = asyncio.create_task(finish(blocked))
-    await turn()
-    finishing.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await finishing
-    assert cleaned_up == [True]
 
 
 async def test_offers_are_written_on_the_next_turn_as_one_write_per_subscriber() -> None:
