@@ -8,7 +8,8 @@ transport that is pushing back (``send`` then waits, see gateway.flusher), the l
 
 This reads uvicorn's connection state (``disconnected``, ``flow.write_paused``, ``transport``), which is not part of
 ASGI: ``for_send`` checks the class and the attributes and gives up (returns None) on anything unexpected, and
-tests/test_fastpath.py runs it under the installed uvicorn.
+tests/test_fastpath.py runs it under the installed uvicorn. Without it the flusher still works with any server whose
+``send`` can run outside the request's task (uvicorn's h11 protocol, for one), stepping it by hand.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class ChunkWriter:
         cycle = self._cycle
         if cycle.disconnected:
             return True  # what send does too: the bytes have nowhere to go, and the stream is ending
-        if cycle.flow.write_paused:
-            return False
+        if cycle.flow.write_paused or cycle.response_complete or not body:
+            return False  # send waits, raises, or (for an empty body) writes nothing: never an early last chunk
         cycle.transport.write(b"%x\r\n%b\r\n" % (len(body), body))
         return True

@@ -49,12 +49,13 @@ class Flusher:
             subscriber = due.popleft()
             arrived = subscriber.oldest_arrival
             try:
-                frames += subscriber.write_now(now)
+                written = subscriber.write_now(now)
             except Exception:  # one broken stream must not stop the writes of the others
                 log.exception("write failed for a stream of %s", ",".join(subscriber.channels))
                 subscriber.close("error")
                 continue
-            if arrived is not None and (oldest is None or arrived < oldest):
+            frames += written
+            if written and arrived is not None and (oldest is None or arrived < oldest):
                 oldest = arrived
         if due:
             self._scheduled = asyncio.get_running_loop().call_soon(self._flush)

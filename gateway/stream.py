@@ -12,7 +12,7 @@ import fnmatch
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import TypeVar
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -96,15 +96,16 @@ class EventStream:
         if later is None:
             await self.run(receive, send)
         else:
-            later.append(self.run)
+            later.append(self)
 
     async def run(self, receive: Receive, send: Send) -> None:
         """The stream's body, from its opening lines to its last; a Redis failure or a bug ends it cleanly."""
         subscriber = self._subscriber
         self._send = send
-        watch = _DisconnectWatch(receive, subscriber)
-        subscriber.writer = asyncio.current_task()
+        watch: _DisconnectWatch | None = None
         try:
+            watch = _DisconnectWatch(receive, subscriber)
+            subscriber.writer = asyncio.current_task()
             try:
                 await self._write(self._opening)
                 if subscriber.close_reason is None:
@@ -130,9 +131,17 @@ class EventStream:
             asyncio.current_task().uncancel()
         finally:
             subscriber.writer = None
+            if subscriber.close_reason is None:  # cancelled from outside: the flusher must not write to it any more
+                subscriber.close("ended")
             subscriber.drop_blocked()
-            watch.cancel()
+            if watch is not None:
+                watch.cancel()
             self._ended()
+
+    def abandon(self) -> None:
+        """End a stream whose body will never run (the app failed after its response started)."""
+        self._subscriber.close("error")
+        self._ended()
 
     async def _opening_lines(self, subscriber: Subscriber) -> bytes:
         """Fix the starting position, and return the stream's first bytes."""
@@ -203,11 +212,16 @@ class StreamHost:
             await self.app(scope, receive, send)
             return
         # A list, not a scope key to read back: it is shared even with a middleware that copies the scope.
-        later: list[Callable[[Receive, Send], Awaitable[None]]] = []
+        later: list[EventStream] = []
         scope[STREAM_HOST] = later
-        await self.app(scope, receive, send)
-        for body in later:
-            await body(receive, send)
+        try:
+            await self.app(scope, receive, send)
+        except BaseException:
+            for stream in later:
+                stream.abandon()
+            raise
+        for stream in later:
+            await stream.run(receive, send)
 
 
 async def _unless_closed(subscriber: Subscriber, work: Awaitable[T]) -> T | None:

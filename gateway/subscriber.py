@@ -112,6 +112,7 @@ class Subscriber:
             self._frames.clear()
             self._slots.clear()
             self._count = self._size = 0
+            self.oldest_arrival = None
             self._held = None if self._held is None else []
             self._wake()
             for waiter in self._close_waiters or ():

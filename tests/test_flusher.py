@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from gateway import flusher
 from gateway.events import Event
 from gateway.flusher import Flusher
@@ -114,13 +116,26 @@ async def test_a_blocked_write_goes_to_the_clients_task_and_what_queued_meanwhil
     assert client.written == [ev(1).frame, ev(2).frame + ev(3).frame]
 
 
-async def test_the_tick_sees_a_blocked_write_as_a_write_in_progress() -> None:
+async def test_the_tick_cuts_off_a_blocked_write_that_takes_too_long() -> None:
     hub = Flusher()
     client = Client()
     client.full = asyncio.get_running_loop().create_future()
     subscriber = live_subscriber(client, hub)
+
+    async def clients_task() -> None:  # what EventStream.run does once live
+        while subscriber.close_reason is None:
+            await subscriber.wait()
+            await subscriber.finish_write()
+
+    subscriber.writer = task = asyncio.create_task(clients_task())
     subscriber.offer(ev(1))
     await turn()
+    await turn()  # the task took the blocked write over and waits in it
+    assert subscriber.writing and not task.done()
+    subscriber.tick(subscriber.write_started + 29, time.time())
+    assert subscriber.close_reason is None
     subscriber.tick(subscriber.write_started + 31, time.time())
-    assert subscriber.close_reason == "stalled"
-    subscriber.drop_blocked()
+    assert subscriber.close_reason == "stalled" and subscriber.writer_cancelled
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 5)
+    assert client.written == []

@@ -108,6 +108,19 @@ async def test_a_slow_reader_that_catches_up_gets_everything_and_stays_connected
     assert "write failed" not in gateway.log() and "stream failed" not in gateway.log()
 
 
+class _DeferredBody:
+    """What StreamHost expects of a stream: run it later, or abandon it."""
+
+    def __init__(self, order: list) -> None:
+        self.order = order
+
+    async def run(self, receive, send) -> None:
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    def abandon(self) -> None:
+        self.order.append(("stream", "abandoned"))
+
+
 async def test_stream_host_runs_a_deferred_body_after_the_app_returns_with_the_servers_own_send():
     order = []
 
@@ -123,11 +136,7 @@ async def test_stream_host_runs_a_deferred_body_after_the_app_returns_with_the_s
             await server_send(message)
 
         await wrapped_send({"type": "http.response.start", "status": 200, "headers": []})
-
-        async def body(receive, send) -> None:
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-        scope[STREAM_HOST].append(body)
+        scope[STREAM_HOST].append(_DeferredBody(order))
         order.append(("app", "returned"))
 
     await StreamHost(app)({"type": "http", "path": "/"}, receive, server_send)
@@ -137,3 +146,18 @@ async def test_stream_host_runs_a_deferred_body_after_the_app_returns_with_the_s
         ("app", "returned"),
         ("server", "http.response.body"),
     ]
+
+
+async def test_stream_host_abandons_a_deferred_body_when_the_app_fails_after_it():
+    order = []
+
+    async def app(scope, receive, send):
+        scope[STREAM_HOST].append(_DeferredBody(order))
+        raise RuntimeError("a middleware failed after the response started")
+
+    async def ignore(*args) -> None:
+        pass
+
+    with pytest.raises(RuntimeError):
+        await StreamHost(app)({"type": "http", "path": "/"}, ignore, ignore)
+    assert order == [("stream", "abandoned")]
