@@ -1,7 +1,8 @@
 """Fan-out: which local subscribers want which channel, and delivery of each event to all of them.
 
 There is one upstream subscription per channel per process, however many clients listen to it. Delivery calls
-``Subscriber.offer`` for each subscriber, which never waits, so one slow client cannot delay the others.
+``Subscriber.offer`` for each subscriber, which never waits, so one slow client cannot delay the others; the hub's
+flusher then writes what was queued (see gateway.flusher).
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
-"""The SSE response: a plain ASGI callable that writes one subscriber's frames to one HTTP client.
+"""The SSE response: a plain ASGI callable that streams one subscriber's frames to one HTTP client.
 
 It fixes the client's starting position, flushes the headers at once with a comment, a ``retry:`` hint and that
-position as an ``id:``, replays the backlog, then writes whatever the subscriber has queued, in one write per
-wake-up, with a heartbeat comment whenever the stream has been quiet.
+position as an ``id:``, and replays the backlog. Then the stream is live: the hub's flusher writes what the
+subscriber queues (events, and a heartbeat comment whenever the stream has been quiet), and the stream's own task
+only finishes a write that had to wait, and writes the last words when the subscriber is closed.
 """
 
 from __future__ import annotations
