@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Iterator
 
 import httpx
@@ -14,7 +13,7 @@ import uvicorn
 from gateway.app import create_app
 from gateway.config import Settings
 from gateway.fastpath import ChunkWriter
-from tests.servers import free_port
+from tests.servers import free_port, wait_until
 from tests.streams import open_stream, publish
 
 
@@ -35,10 +34,7 @@ class Uvicorn:
 
     def __enter__(self) -> Uvicorn:
         self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.02)
+        wait_until(lambda: self.server.started, what="uvicorn in a thread", timeout=10)
         return self
 
     def __exit__(self, *exc: object) -> None:
