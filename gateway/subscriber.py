@@ -316,8 +316,7 @@ class Subscriber:
             self.close("overflow")
             return
         if not self._due and self._schedule is not None and self.blocked is None:
-            self._due = True
-            self._schedule(self)
+            self._mark_due()
 
     def _mark_due(self) -> None:
         assert self._schedule is not None
