@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import random
@@ -11,6 +10,7 @@ import time
 
 from gateway.broker import Broker
 from gateway.errors import GatewayError
+from gateway.tasks import stop_tasks
 
 log = logging.getLogger("gateway.demo")
 
@@ -35,16 +35,15 @@ class DemoPublisher:
         self.random = random.Random(seed)
         self.prices = dict(OPENING_PRICES)
         self._tasks: list[asyncio.Task[None]] = []
+        # Checked by both loops, so they end even if a cancellation is lost in a publish (see gateway.tasks).
+        self._stopping = False
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._prices()), asyncio.create_task(self._news())]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        self._stopping = True
+        await stop_tasks(self._tasks)
 
     def next_price(self) -> dict[str, object]:
         symbol = self.random.choice(list(self.prices))
@@ -54,7 +53,7 @@ class DemoPublisher:
         return {"symbol": symbol, "price": round(price, 2), "change": round(change, 2), "time": _now_ms()}
 
     async def _prices(self) -> None:
-        while True:
+        while not self._stopping:
             await self._publish("stocks", self.next_price())
             await asyncio.sleep(PRICE_INTERVAL)
 
@@ -63,7 +62,7 @@ class DemoPublisher:
         for index in range(3):  # a few at once, so a fresh page has something to show
             await self._publish("news", {"headline": headlines[index], "time": _now_ms()})
             await asyncio.sleep(0.5)
-        while True:
+        while not self._stopping:
             await asyncio.sleep(NEWS_INTERVAL)
             await self._publish("news", {"headline": self.random.choice(HEADLINES), "time": _now_ms()})
 

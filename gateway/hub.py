@@ -18,6 +18,7 @@ from gateway.flusher import Flusher
 from gateway.metrics import EVICTIONS
 from gateway.replay import catch_up
 from gateway.subscriber import Subscriber
+from gateway.tasks import stop_task
 from gateway.upstream import Upstream
 
 log = logging.getLogger("gateway.hub")
@@ -43,8 +44,7 @@ class Hub:
 
     async def stop(self) -> None:
         self.drain()
-        if self._ticker is not None:
-            self._ticker.cancel()
+        await stop_task(self._ticker)
         await self.upstream.stop()
 
     async def _tick(self) -> None:

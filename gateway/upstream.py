@@ -25,6 +25,7 @@ from gateway.errors import RedisUnavailable
 from gateway.events import Event, decode_pubsub
 from gateway.metrics import MESSAGES_IN, REDIS_RECONNECTS
 from gateway.naming import Naming
+from gateway.tasks import stop_task, stop_tasks
 
 log = logging.getLogger("gateway.upstream")
 
@@ -61,6 +62,9 @@ class Upstream:
         self._on_resubscribed = on_resubscribed
         self._channels: dict[str, _Channel] = {}
         self._pubsub: aioredis.client.PubSub | None = None  # set only while the connection is usable
+        self._session_pubsub: aioredis.client.PubSub | None = None  # the current session's, usable or not
+        # Checked by every loop below, so the upstream ends even if a cancellation is lost (see gateway.tasks).
+        self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._sends: set[asyncio.Task[None]] = set()
         self.connected = asyncio.Event()
@@ -70,12 +74,17 @@ class Upstream:
         self._task = asyncio.create_task(self._run(), name="gateway-upstream")
 
     async def stop(self) -> None:
-        for task in [self._task, *self._sends]:
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        """End the reader and every pending send in bounded time, then close the connection."""
+        self._stopping = True
+        await stop_task(self._task, on_stuck=self._close_under_reader)
+        await stop_tasks(list(self._sends))
         await self._client.aclose()
+
+    async def _close_under_reader(self) -> None:
+        # A closed socket fails the read at once, and the loops then see that the upstream is stopping.
+        pubsub = self._session_pubsub
+        if pubsub is not None and pubsub.connection is not None:
+            await pubsub.connection.disconnect(nowait=True)
 
     def subscribe(self, channel: str) -> asyncio.Event:
         """Count one more local subscriber; returns the event set once Redis has confirmed the subscription."""
@@ -126,12 +135,14 @@ class Upstream:
 
     async def _run(self) -> None:
         backoff = BACKOFF_START
-        while True:
+        while not self._stopping:
             try:
                 await self._session()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - whatever broke the connection, the cure is a new one
+                if self._stopping:
+                    return
                 log.warning("redis pub/sub connection lost (%s); reconnecting in %.2fs", exc, backoff)
                 REDIS_RECONNECTS.inc()
             if self.connected.is_set():  # the session had been up: start the backoff afresh
@@ -143,9 +154,11 @@ class Upstream:
 
     async def _session(self) -> None:
         """One connection's life: subscribe to every wanted channel, then read (and catch up) until it fails."""
-        pubsub = self._client.pubsub()
+        pubsub = self._session_pubsub = self._client.pubsub()
         try:
             await pubsub.ping()  # connects; raises if Redis is not there
+            if self._stopping:
+                return
             for channel, state in list(self._channels.items()):
                 state.sent = False
                 state.confirmed = asyncio.Event() if state.confirmed.is_set() else state.confirmed
@@ -163,14 +176,14 @@ class Upstream:
                     self._send(state, channel)
             await self._read(pubsub, catch_up=set(wanted) if self.reconnects else set())
         finally:
-            self._pubsub = None
+            self._pubsub = self._session_pubsub = None
             await pubsub.aclose()
 
     async def _read(self, pubsub: aioredis.client.PubSub, catch_up: set[str]) -> None:
         loop = asyncio.get_running_loop()
         last_heard = loop.time()
         pinged = False
-        while True:
+        while not self._stopping:
             message = await pubsub.get_message(timeout=1.0)
             now = loop.time()
             if message is None:

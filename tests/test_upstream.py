@@ -7,7 +7,10 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+import uvloop
 
+from gateway.naming import Naming
+from gateway.upstream import Upstream
 from tests.servers import GatewayProcess, RedisProcess, wait_until
 from tests.streams import open_stream, publish
 
@@ -176,3 +179,33 @@ async def test_a_malformed_buffer_entry_does_not_stop_other_channels_after_a_rec
         assert "Traceback" not in gateway.log()
     finally:
         gateway.stop()
+
+
+# Under uvloop, a stop a few milliseconds after the start used to land while the connection wrote its first command,
+# where Python 3.11 loses the cancellation (gateway.tasks), and the stop then waited for ever.
+START_STOP_DELAYS_MS = [0, 0.25, 0.5, 0.75, 1, 1.25, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10, 12, 14, 16, 18, 20]
+STOP_BOUND = 6.0  # seconds: stop_task's two grace periods and the client's close, with room on a loaded machine
+
+
+@pytest.mark.timeout(120)
+def test_upstream_started_then_stopped_at_any_small_delay_stops_in_bounded_time_under_uvloop(redis_server):
+    async def start_then_stop(delay: float) -> float:
+        upstream = Upstream(redis_server.url, Naming("sse:"), lambda event: None, lambda channel: asyncio.sleep(0))
+        upstream.subscribe("start-stop")  # a channel to subscribe, as when a stream opens at once
+        await upstream.start()
+        await asyncio.sleep(delay)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        stopping = asyncio.ensure_future(upstream.stop())
+        # asyncio.wait, not wait_for: on this Python wait_for could itself drop the cancel it is here to bound.
+        done, _ = await asyncio.wait({stopping}, timeout=STOP_BOUND * 3)
+        assert done, f"stop after {delay * 1000:.2f} ms had not returned after {STOP_BOUND * 3}s"
+        stopping.result()
+        return loop.time() - started
+
+    async def every_delay() -> list[tuple[float, float]]:
+        return [(ms, await start_then_stop(ms / 1000)) for ms in START_STOP_DELAYS_MS for _ in range(3)]
+
+    durations = uvloop.run(every_delay())
+    slow = [(ms, round(took, 2)) for ms, took in durations if took > STOP_BOUND]
+    assert not slow, f"stops that took longer than {STOP_BOUND}s, by delay in ms: {slow}"
