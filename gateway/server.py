@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import tempfile
 
 import uvicorn
@@ -19,13 +20,25 @@ from gateway.stream import StreamHost
 log = logging.getLogger("gateway.server")
 
 
+# Exit codes: 2 for settings that cannot work, 1 for an address that cannot be listened on, 3 for an app that failed
+# to start (uvicorn's own code for that).
+EXIT_BAD_SETTINGS, EXIT_CANNOT_LISTEN, EXIT_STARTUP_FAILED = 2, 1, 3
+
+
 def serve(settings: Settings, *, demo: bool = False) -> int:
     logs.configure(settings.log_level, settings.log_format)
     try:
         authenticator = Authenticator(settings)  # refuse bad settings before anything starts
     except (ValueError, OSError) as exc:
         log.error("not starting: %s", exc)
-        return 2
+        return EXIT_BAD_SETTINGS
+    # The port first: a busy one is a one-line error before any Redis, app or child process exists.
+    try:
+        listener = listen(settings.host, settings.port)
+    except OSError as exc:
+        log.error("not starting: cannot listen on %s: %s", _address(settings.host, settings.port), exc.strerror or exc)
+        return EXIT_CANNOT_LISTEN
+    settings = settings.replace(port=listener.getsockname()[1])  # the real one, when asked for port 0
     embedded = None
     if settings.redis_url is None:
         embedded = EmbeddedServer()
@@ -42,6 +55,9 @@ def serve(settings: Settings, *, demo: bool = False) -> int:
     )
     try:
         if settings.workers > 1:
+            # uvicorn binds again in its supervisor and hands that socket to the workers; ours only proved the port
+            # free, and is closed just before, so the window in which another process could take it is tiny.
+            listener.close()
             # Worker processes import the app afresh and rebuild the settings from the environment; their metrics
             # meet in files that /metrics adds up.
             os.environ.update(settings.to_env())
@@ -53,13 +69,39 @@ def serve(settings: Settings, *, demo: bool = False) -> int:
             app = create_app(
                 settings, authenticator=authenticator, on_shutdown=embedded.stop if embedded else None, demo=demo
             )
+            server = uvicorn.Server(uvicorn.Config(app, **options))
+            # uvicorn logs no address for a socket handed to it; the port is bound and listening already.
+            address = _address(settings.host, settings.port)
             if demo:
-                log.info("demo running: open http://%s:%s/demo/ in a browser", settings.host, settings.port)
-            uvicorn.run(app, **options)
+                log.info("demo running: open http://%s/demo/ in a browser", address)
+            else:
+                log.info("listening on http://%s (Ctrl-C to stop)", address)
+            server.run(sockets=[listener])
+            if not server.started:
+                return EXIT_STARTUP_FAILED
     finally:
+        listener.close()
         if embedded is not None:
             embedded.stop()
     return 0
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port``, bound as uvicorn binds (address reuse on, IPv6 for a v6 host)."""
+    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, port))
+        listener.listen(2048)  # listening at once: on Linux a second bind with address reuse succeeds until then
+    except OSError:
+        listener.close()
+        raise
+    listener.set_inheritable(True)
+    return listener
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def app_from_env() -> StreamHost:
