@@ -23,6 +23,9 @@ class Settings:
     buffer_maxlen: int = 1000
     # ... and to entries younger than this many seconds (0 turns the age limit off).
     buffer_max_age: float = 3600.0
+    # ... and, without an age limit, deleted once its channel has been quiet this many seconds (0: kept for ever).
+    # With an age limit a buffer is deleted once quiet for that long plus a second (see publish.lua).
+    buffer_idle_ttl: float = 86400.0
     heartbeat: float = 15.0
     retry_ms: int = 3000
     max_channels: int = 16
@@ -65,7 +68,8 @@ class Settings:
         for name in (*positive, "send_timeout", "workers"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be greater than 0, not {getattr(self, name)}")
-        for name in ("retry_ms", "buffer_maxlen", "buffer_max_age", "shutdown_grace", "publish_rate"):
+        not_negative = ("retry_ms", "buffer_maxlen", "buffer_max_age", "buffer_idle_ttl", "shutdown_grace")
+        for name in (*not_negative, "publish_rate"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative, not {getattr(self, name)}")
 
