@@ -15,7 +15,7 @@ import pytest
 from starlette.requests import Request
 
 from gateway.access_log import redact_query
-from gateway.auth import OPEN, Authenticator, auth_enabled
+from gateway.auth import OPEN, Authenticator, Grant, auth_enabled
 from gateway.config import Settings
 from gateway.errors import Forbidden, Unauthorized
 from gateway.tokens import mint
@@ -55,19 +55,20 @@ def test_bearer_header_wins_over_cookie_and_cookie_over_query():
 
 @pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER"])
 def test_bearer_scheme_is_case_insensitive(scheme):
-    assert authenticator().for_subscribe(request(authorization=f"{scheme} {token(['a'])}"), ["a"])
+    assert authenticator().for_subscribe(request(authorization=f"{scheme} {token(['a'])}"), ["a"]).subscribe == ("a",)
 
 
 def test_other_authorization_schemes_are_not_tokens():
     auth = authenticator()
     with pytest.raises(Unauthorized):
         auth.for_subscribe(request(authorization=f"Basic {token(['a'])}"), ["a"])
-    assert auth.for_subscribe(request(authorization="Basic dTpw", cookie=f"sse_token={token(['a'])}"), ["a"])
+    fallback = auth.for_subscribe(request(authorization="Basic dTpw", cookie=f"sse_token={token(['a'])}"), ["a"])
+    assert fallback.subscribe == ("a",), "the cookie's token, not the Basic credentials"
 
 
 def test_cookie_name_is_configurable():
     auth = authenticator(auth_cookie="session")
-    assert auth.for_subscribe(request(cookie=f"session={token(['a'])}"), ["a"])
+    assert auth.for_subscribe(request(cookie=f"session={token(['a'])}"), ["a"]).subscribe == ("a",)
     with pytest.raises(Unauthorized):
         auth.for_subscribe(request(cookie=f"sse_token={token(['a'])}"), ["a"])
 
@@ -76,7 +77,7 @@ def test_grants_are_case_sensitive_globs():
     auth = authenticator()
     bearer = token(["stocks.*", "news"])
     for allowed in ["stocks.aapl", "stocks.eu.sap", "news"]:
-        assert auth.for_subscribe(request(bearer=bearer), [allowed])
+        assert auth.for_subscribe(request(bearer=bearer), [allowed]).subscribe == ("stocks.*", "news")
     for refused in ["Stocks.aapl", "stocks", "news.eu", "newsx"]:
         with pytest.raises(Forbidden):
             auth.for_subscribe(request(bearer=bearer), [refused])
@@ -96,15 +97,17 @@ def test_malformed_grant_claim_is_unauthorized(sse):
 
 def test_token_without_grant_claim_reaches_public_channels_only():
     auth = authenticator()
-    bare = hs256(claims(sse=None))
-    assert auth.for_subscribe(request(bearer=bare), ["public.news"])
+    exp = int(time.time()) + 60
+    bare = hs256(claims(sse=None, exp=exp))
+    # The token grants nothing itself, but still ends the stream when it expires.
+    assert auth.for_subscribe(request(bearer=bare), ["public.news"]) == Grant(expires_at=float(exp))
     with pytest.raises(Forbidden):
         auth.for_subscribe(request(bearer=bare), ["public.news", "private"])
 
 
 def test_public_channels_need_no_token_but_a_bad_token_is_still_refused():
     auth = authenticator()
-    assert auth.for_subscribe(request(), ["public.a", "public.b"]).expires_at is None
+    assert auth.for_subscribe(request(), ["public.a", "public.b"]) == Grant(subscribe=("public.*",))
     with pytest.raises(Unauthorized):
         auth.for_subscribe(request(bearer="garbage"), ["public.a"])
     with pytest.raises(Unauthorized):
@@ -137,8 +140,8 @@ def test_token_not_yet_valid_is_unauthorized():
 def test_each_algorithm_uses_only_its_own_key_when_all_are_configured(tmp_path: Path):
     _, rsa_public = RSA.write(tmp_path)
     auth = authenticator(jwt_public_key_file=str(rsa_public))
-    assert auth.for_subscribe(request(bearer=token(["a"])), ["a"])
-    assert auth.for_subscribe(request(bearer=RSA.sign(claims(["a"]))), ["a"])
+    assert auth.for_subscribe(request(bearer=token(["a"])), ["a"]).subscribe == ("a",)
+    assert auth.for_subscribe(request(bearer=RSA.sign(claims(["a"]))), ["a"]).subscribe == ("a",)
     for forged in [hs256(claims(["a"]), RSA.public_pem), EC.sign(claims(["a"])), hs256(claims(["a"]), "wrong")]:
         with pytest.raises(Unauthorized):
             auth.for_subscribe(request(bearer=forged), ["a"])
@@ -146,8 +149,8 @@ def test_each_algorithm_uses_only_its_own_key_when_all_are_configured(tmp_path: 
 
 def test_jwks_key_is_chosen_by_kid_and_must_match_the_algorithm(tmp_path: Path):
     auth = Authenticator(Settings(jwt_jwks_file=str(write_jwks(tmp_path / "jwks.json", RSA, EC))))
-    assert auth.for_subscribe(request(bearer=RSA.sign(claims(["a"], aud=None))), ["a"])
-    assert auth.for_subscribe(request(bearer=EC.sign(claims(["a"], aud=None))), ["a"])
+    assert auth.for_subscribe(request(bearer=RSA.sign(claims(["a"], aud=None))), ["a"]).subscribe == ("a",)
+    assert auth.for_subscribe(request(bearer=EC.sign(claims(["a"], aud=None))), ["a"]).subscribe == ("a",)
     rogue = KeyPair.generate("RS256", "rsa-1")
     refused = [
         rogue.sign(claims(["a"], aud=None)),
@@ -227,6 +230,8 @@ def test_minted_tokens_carry_the_grant_the_gateway_reads(tmp_path: Path):
     assert grant.publish == ("b",) and grant.expires_at == claims["exp"] == claims["iat"] + 60
     private, public = EC.write(tmp_path)
     minted = mint(subscribe=["a"], private_key_file=str(private), algorithm="ES256", audience=AUDIENCE)
-    assert authenticator(jwt_public_key_file=str(public)).for_subscribe(request(bearer=minted), ["a"])
+    assert authenticator(jwt_public_key_file=str(public)).for_subscribe(request(bearer=minted), ["a"]).subscribe == (
+        "a",
+    )
     with pytest.raises(ValueError):
         mint(subscribe=["a"])
