@@ -53,9 +53,10 @@ class Stream:
     async def take(self, count: int, timeout: float = 10.0) -> list[ServerSentEvent]:
         return [await self.next_event(timeout) for _ in range(count)]
 
-    async def read_raw_until(self, marker: bytes, timeout: float = 10.0) -> bytes:
+    async def read_raw_until(self, marker: bytes, timeout: float = 10.0, *, after: int = 0) -> bytes:
+        """The raw body once ``marker`` is in it (past its first ``after`` bytes)."""
         async with asyncio.timeout(timeout):
-            while marker not in self.raw:
+            while marker not in self.raw[after:]:
                 if self.finished:
                     raise EOFError(f"the stream ended before {marker!r}")
                 self._progress.clear()
@@ -119,3 +120,16 @@ def stalled_request(port: int, path: str) -> socket.socket:
     sock.connect(("127.0.0.1", port))
     sock.sendall(f"GET {path} HTTP/1.1\r\nHost: test\r\nAccept: text/event-stream\r\n\r\n".encode())
     return sock
+
+
+def recv_until(sock: socket.socket, marker: bytes, received: bytearray, timeout: float = 20.0) -> bytes:
+    """Read a raw socket into ``received`` until ``marker`` is in it (blocking: run it in a thread)."""
+    sock.settimeout(timeout)
+    start = 0
+    while marker not in received[start:]:
+        start = max(0, len(received) - len(marker))
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise EOFError(f"the server closed the stream before {marker!r}")
+        received += chunk
+    return bytes(received)

@@ -145,33 +145,39 @@ async def test_continuous_publishing_with_clients_dropping_and_resuming_loses_an
                     assert response.status_code == 201
                     published[name].append(response.json()["id"])
                 await asyncio.sleep(0.005)
+            # One more per channel: a client stops at it, and any duplicate of an earlier event came before it.
+            for name in names:
+                assert (await client.post(f"{gateway.url}/publish/{name}", content=f"{name}#end")).status_code == 201
 
-    async def client(subscribed: list[str], seed: int) -> list:
+    async def client(subscribed: list[str], seed: int, connected: asyncio.Event) -> list:
         rng = random.Random(seed)
         received: list = []
-        last_data = {f"{name}#{per_channel - 1}" for name in subscribed}
+        sentinels = {f"{name}#end" for name in subscribed}
         cursor = None
         while True:
             url = f"{gateway.url}/events/{subscribed[0]}" if len(subscribed) == 1 else f"{gateway.url}/events"
             params = {} if len(subscribed) == 1 else {"channel": subscribed}
             async with open_stream(url, last_event_id=cursor, **params) as stream:
                 await stream.read_raw_until(b"retry:")
+                connected.set()  # its starting position is fixed: everything published from now on is its due
                 for _ in range(rng.randint(1, 25)):
                     try:
                         event = await stream.next_event(timeout=10)
                     except TimeoutError:
                         return received  # nothing more is coming; the assertions below say what is missing
-                    received.append(event)
                     cursor = event.id
-                    last_data.discard(event.data)
-                    if not last_data:
-                        await asyncio.sleep(0.2)  # linger: a duplicate would arrive now
-                        return received + [e async for e in _drain(stream)]
+                    if event.data in sentinels:
+                        sentinels.discard(event.data)
+                        if not sentinels:
+                            return received
+                    else:
+                        received.append(event)
             await asyncio.sleep(rng.random() * 0.05)
 
-    tasks = [asyncio.create_task(client([names[i % 3]], i)) for i in range(6)]
-    tasks += [asyncio.create_task(client(names, 100 + i)) for i in range(4)]
-    await asyncio.sleep(0.3)  # every client has made its first connection
+    connected = [asyncio.Event() for _ in range(10)]
+    tasks = [asyncio.create_task(client([names[i % 3]], i, connected[i])) for i in range(6)]
+    tasks += [asyncio.create_task(client(names, 100 + i, connected[6 + i])) for i in range(4)]
+    await asyncio.wait_for(asyncio.gather(*(event.wait() for event in connected)), 20)
     await publisher()
     results = await asyncio.gather(*tasks)
 
@@ -182,15 +188,6 @@ async def test_continuous_publishing_with_clients_dropping_and_resuming_loses_an
             data = [e.data for e in received if e.data.startswith(name + "#")]
             assert data == [f"{name}#{i}" for i in range(per_channel)], f"client {index} channel {name}"
         assert len(received) == per_channel * len(subscribed), f"client {index} got extra events"
-
-
-async def _drain(stream):
-    """Whatever the stream still has queued, without waiting for more."""
-    while True:
-        try:
-            yield await stream.next_event(timeout=0.01)
-        except (TimeoutError, EOFError):
-            return
 
 
 async def test_client_that_saw_no_event_resumes_from_the_opening_id_without_loss(gateway, channel):

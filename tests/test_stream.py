@@ -12,7 +12,7 @@ import pytest
 from gateway.stream import STREAM_HOST, StreamHost
 from sse_gateway_client import SSEParser
 from tests.servers import GatewayProcess
-from tests.streams import open_stream, publish, publish_many, stalled_request
+from tests.streams import open_stream, publish, publish_many, recv_until, stalled_request
 from tests.test_metrics import _value
 
 
@@ -59,15 +59,18 @@ async def test_stalled_client_is_evicted_while_others_get_everything_and_it_resu
 ):
     url = small_client_buffer_gateway.url
     stalled = stalled_request(small_client_buffer_gateway.port, f"/events/{channel}")
+    opening = bytearray()
+    # Its starting position is fixed once its opening lines arrive; from then on it reads nothing.
+    await asyncio.to_thread(recv_until, stalled, b"retry:", opening)
     payloads = [f"{i:04d}:" + "x" * 16000 for i in range(400)]
     async with open_stream(f"{url}/events/{channel}") as healthy:
         await healthy.read_raw_until(b"retry:")
-        await asyncio.sleep(0.2)  # the stalled client's stream is open too
         ids = await publish_many(url, channel, payloads)
         received = await healthy.take(len(ids), timeout=20)
     assert [e.id for e in received] == ids
 
-    body = _dechunk(await asyncio.to_thread(_read_to_end, stalled))  # the server closed it: recv reached EOF
+    rest = await asyncio.to_thread(_read_to_end, stalled)  # the server closed it: recv reached EOF
+    body = _dechunk(bytes(opening) + rest)
     stalled.close()
     got = SSEParser().feed(body)
     assert 0 < len(got) < len(ids), "the stalled client was cut off before the end"
@@ -84,13 +87,12 @@ async def test_a_slow_reader_that_catches_up_gets_everything_and_stays_connected
     gateway = large_client_buffer_gateway
     waited_before = _value(httpx.get(f"{gateway.url}/metrics").text, "sse_writes_waited_total")
     slow = stalled_request(gateway.port, f"/events/{channel}")
-    await asyncio.sleep(0.3)  # its stream is open
+    raw = bytearray()
+    await asyncio.to_thread(recv_until, slow, b"retry:", raw)  # its stream is open, its position fixed
     # About 10 MB: more than the sockets hold (4 MB at most here), so writes must wait; less than the client buffer.
     ids = await publish_many(gateway.url, channel, [f"{i:04d}:" + "x" * 16000 for i in range(600)])
     waited = _value(httpx.get(f"{gateway.url}/metrics").text, "sse_writes_waited_total") - waited_before
     assert waited > 0, "the test never made the server wait for the slow reader"
-
-    raw = bytearray()
 
     def read_events(count: int) -> list:
         slow.settimeout(20)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -10,9 +11,10 @@ import pytest
 import uvloop
 
 from gateway.naming import Naming
-from gateway.upstream import Upstream
+from gateway.upstream import UNSUBSCRIBE_DELAY, Upstream
 from tests.servers import GatewayProcess, RedisProcess, wait_until
 from tests.streams import open_stream, publish
+from tests.test_metrics import _value
 
 
 async def test_plain_publish_from_another_program_streams_live_without_id(gateway, redis_server, channel):
@@ -36,24 +38,47 @@ async def test_plain_publish_on_multi_channel_stream_is_named_by_channel(gateway
     assert (event.event, event.data) == (b, "plain")
 
 
-async def test_many_clients_of_one_channel_share_one_upstream_subscription(gateway, redis_server, channel):
+@pytest.mark.timeout(60)
+async def test_many_clients_of_one_channel_share_one_upstream_subscription(redis_server, channel):
     def subscriptions() -> int:
         return redis_server.subscriptions(channel)
 
-    async with open_stream(f"{gateway.url}/events/{channel}") as first:
-        await first.read_raw_until(b"retry:")
-        others = [open_stream(f"{gateway.url}/events/{channel}") for _ in range(4)]
-        streams = [await context.__aenter__() for context in others]
-        for stream in streams:
-            await stream.read_raw_until(b"retry:")
-        assert subscriptions() == 1
-        await publish(gateway.url, channel, "to all")
-        assert [(await s.next_event()).data for s in [first, *streams]] == ["to all"] * 5
-        for context in others:
-            await context.__aexit__(None, None, None)
-        await asyncio.sleep(0.3)
-        assert subscriptions() == 1, "one client is still there"
-    await asyncio.to_thread(wait_until, lambda: subscriptions() == 0, what="the last client's unsubscribe")
+    gateway = GatewayProcess(redis_server.url).start()  # its own, so its open-streams gauge counts only these
+    try:
+        async with open_stream(f"{gateway.url}/events/{channel}") as first:
+            await first.read_raw_until(b"retry:")
+            others = [open_stream(f"{gateway.url}/events/{channel}") for _ in range(4)]
+            streams = [await context.__aenter__() for context in others]
+            for stream in streams:
+                await stream.read_raw_until(b"retry:")
+            assert subscriptions() == 1
+            await publish(gateway.url, channel, "to all")
+            assert [(await s.next_event()).data for s in [first, *streams]] == ["to all"] * 5
+            for context in others:
+                await context.__aexit__(None, None, None)
+            await asyncio.to_thread(wait_until, lambda: _open_streams(gateway) == 1, what="the four streams closed")
+            # Watched for well past the delay after the last of the four left: an unsubscribe now would be too early.
+            counts = await asyncio.to_thread(_watch, subscriptions, 3 * UNSUBSCRIBE_DELAY)
+            assert set(counts) == {1}, f"one client is still there, yet the subscription count went {counts}"
+        await asyncio.to_thread(wait_until, lambda: subscriptions() == 0, what="the last client's unsubscribe")
+    finally:
+        gateway.stop()
+
+
+def _open_streams(gateway: GatewayProcess) -> float:
+    return _value(httpx.get(f"{gateway.url}/metrics", timeout=5).text, "sse_open_streams")
+
+
+def _watch(sample, seconds: float) -> list:
+    """Every distinct value ``sample()`` took over ``seconds``, in order, checked every 20 ms."""
+    values: list = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = sample()
+        if not values or values[-1] != value:
+            values.append(value)
+        time.sleep(0.02)
+    return values
 
 
 @pytest.fixture
@@ -91,9 +116,7 @@ async def test_redis_killed_and_restarted_loses_nothing_acknowledged(durable_red
         assert refused.json()["error"] == "redis_unavailable"
         assert httpx.get(f"{url}/readyz").status_code == 503
         heard = len(single.raw)
-        await single.read_raw_until(b": keepalive\n" * 1, timeout=5)
-        await asyncio.sleep(1.5)
-        assert b": keepalive\n" in single.raw[heard:], "the stream stays open with heartbeats"
+        await single.read_raw_until(b": keepalive\n", after=heard)  # the stream stays open with heartbeats
         assert not single.finished and not multi.finished
 
         durable_redis.start()
@@ -105,25 +128,33 @@ async def test_redis_killed_and_restarted_loses_nothing_acknowledged(durable_red
             for name in (a, b):
                 acknowledged[name].append(await publish(url, name, f"{name} after {i}"))
 
-        single_events = await single.take(len(acknowledged[a]))
-        multi_events = await multi.take(len(acknowledged[a]) + len(acknowledged[b]))
-        await asyncio.sleep(0.3)
-        extra = [e async for e in _queued(single)] + [e async for e in _queued(multi)]
+        # One more on each channel: a duplicate of anything before would arrive ahead of it (per-channel order).
+        for name in (a, b):
+            await publish(url, name, SENTINEL)
+        single_events = await _before_sentinels(single, 1)
+        multi_events = await _before_sentinels(multi, 2)
 
-    assert [e.id for e in single_events] == acknowledged[a]
+    assert [e.id for e in single_events] == acknowledged[a], "exactly once, in order"
     for name in (a, b):
         data = [e.data for e in multi_events if e.event == name]
-        assert len(data) == len(acknowledged[name]) == 11
+        assert len(data) == len(acknowledged[name]) == 11, "exactly once"
         assert data[0] == f"{name} before 0" and data[5] == f"{name} while resubscribing"
-    assert extra == [], "no duplicates"
+    assert len(multi_events) == 22
 
 
-async def _queued(stream):
-    while True:
-        try:
-            yield await stream.next_event(timeout=0.01)
-        except (TimeoutError, EOFError):
-            return
+SENTINEL = "the last event"
+
+
+async def _before_sentinels(stream, count: int) -> list:
+    """Every event the stream delivers before its ``count``-th SENTINEL."""
+    received = []
+    while count:
+        event = await stream.next_event()
+        if event.data == SENTINEL:
+            count -= 1
+        else:
+            received.append(event)
+    return received
 
 
 async def test_clients_coming_and_going_fast_leave_the_channel_working(gateway, redis_server, channel):
@@ -158,7 +189,33 @@ async def test_new_channels_opened_while_the_upstream_reconnects_get_live_events
 
 
 @pytest.mark.timeout(60)
-async def test_a_malformed_buffer_entry_does_not_stop_other_channels_after_a_reconnect(redis_server, channel):
+async def test_a_buffer_entry_with_bytes_sse_cannot_carry_is_streamed_with_replacements_after_a_reconnect(
+    redis_server, channel
+):
+    gateway = GatewayProcess(redis_server.url).start()
+    odd, good = f"{channel}-odd", f"{channel}-good"
+    try:
+        async with (
+            open_stream(f"{gateway.url}/events/{odd}") as odd_stream,
+            open_stream(f"{gateway.url}/events/{good}") as good_stream,
+        ):
+            await odd_stream.read_raw_until(b"retry:")
+            await good_stream.read_raw_until(b"retry:")
+            # Written by some other program, bypassing every check: an event type that is not UTF-8 and has a CR.
+            redis_server.client().xadd(f"sse:{{{odd}}}:buffer", {"p": "", "e": b"\xff\rx", "d": b"odd \xfe data"})
+            redis_server.client().client_kill_filter(_type="pubsub")  # the catch-up will read that entry
+            event = await odd_stream.next_event()
+            assert (event.event, event.data) == ("message", "odd \ufffd data")
+            await asyncio.to_thread(wait_until, gateway.ready, what="the upstream back")
+            event_id = await publish(gateway.url, good, "unaffected")
+            assert (await good_stream.next_event()).id == event_id
+        assert "Traceback" not in gateway.log()
+    finally:
+        gateway.stop()
+
+
+@pytest.mark.timeout(60)
+async def test_a_catch_up_that_fails_on_a_malformed_entry_is_logged_and_other_channels_stay_live(redis_server, channel):
     gateway = GatewayProcess(redis_server.url).start()
     bad, good = f"{channel}-bad", f"{channel}-good"
     try:
@@ -168,15 +225,19 @@ async def test_a_malformed_buffer_entry_does_not_stop_other_channels_after_a_rec
         ):
             await bad_stream.read_raw_until(b"retry:")
             await good_stream.read_raw_until(b"retry:")
-            # Written by some other program, bypassing every check: an event type that is not UTF-8 and has a CR.
-            redis_server.client().xadd(f"sse:{{{bad}}}:buffer", {"p": "", "e": b"\xff\rx", "d": b"odd \xfe data"})
-            redis_server.client().client_kill_filter(_type="pubsub")  # the catch-up will read that entry
-            odd = await bad_stream.next_event()
-            assert (odd.event, odd.data) == ("message", "odd \ufffd data")
-            await asyncio.to_thread(wait_until, gateway.ready, what="the upstream back")
-            event_id = await publish(gateway.url, good, "unaffected")
-            assert (await good_stream.next_event()).id == event_id
-        assert "Traceback" not in gateway.log()
+            # Its previous id is not a stream id: the catch-up's gap check cannot parse it and raises.
+            redis_server.client().xadd(f"sse:{{{bad}}}:buffer", {"p": "yesterday", "e": "", "d": "bad"})
+            missed = redis_server.client().xadd(f"sse:{{{good}}}:buffer", {"p": "", "e": "", "d": "missed"}).decode()
+            redis_server.client().client_kill_filter(_type="pubsub")  # both channels are caught up after it
+            await asyncio.to_thread(
+                wait_until, lambda: f"catch-up of channel {bad} failed" in gateway.log(), what="the failure logged"
+            )
+            caught_up = await good_stream.next_event()
+            event_id = await publish(gateway.url, good, "live")
+            live = await good_stream.next_event()
+        assert (caught_up.id, caught_up.data) == (missed, "missed")
+        assert (live.id, live.data) == (event_id, "live")
+        assert gateway.log().count("redis pub/sub connection lost") == 1, "one reconnect: the kill, not the failure"
     finally:
         gateway.stop()
 
