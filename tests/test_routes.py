@@ -33,8 +33,14 @@ async def test_stream_sends_headers_first_comment_and_retry_at_once(gateway, cha
 
 async def test_stream_sends_heartbeat_comments_when_quiet(gateway, channel):
     async with open_stream(f"{gateway.url}/events/{channel}") as stream:
-        raw = await stream.read_raw_until(b": keepalive\n", timeout=5)  # the test gateway beats every second
-        assert raw.count(b": keepalive\n") >= 1
+        # The test gateway beats every second: two beats in a row, after the opening lines.
+        raw = await stream.read_raw_until(b": keepalive\n: keepalive\n", timeout=10)
+        assert raw.index(b": keepalive\n") > raw.index(b"retry: 200\n")
+        # A single comment line, no blank line after it: a client surfaces no empty event for a heartbeat.
+        assert b": keepalive\n\n" not in raw
+        event_id = await publish(gateway.url, channel, "after the heartbeats")
+        event = await stream.next_event()
+    assert (event.id, event.data) == (event_id, "after the heartbeats")
 
 
 async def test_published_event_reaches_subscriber_with_id_type_and_data(gateway, channel):
@@ -172,7 +178,9 @@ async def test_httpx_sse_reads_events_and_resumes_with_last_event_id(gateway, ch
         aconnect_sse(client, "GET", f"{gateway.url}/events/{channel}", headers={"Last-Event-ID": first}) as source,
     ):
         assert source.response.headers["content-type"].startswith("text/event-stream")
+        resumed = None
         async for event in source.aiter_sse():
             if event.data:  # httpx-sse may surface the retry hint as an empty event
-                assert (event.id, event.data) == (second, "two")
+                resumed = (event.id, event.data)
                 break
+    assert resumed == (second, "two"), "the stream ended without the event after the Last-Event-ID"
