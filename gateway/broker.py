@@ -65,6 +65,7 @@ class Broker:
         self.naming = Naming(settings.key_prefix)
         self._maxlen = settings.buffer_maxlen
         self._max_age_ms = int(settings.buffer_max_age * 1000)
+        self._idle_ttl_ms = int(settings.buffer_idle_ttl * 1000)
         self._publish = client.register_script(PUBLISH_SCRIPT)
 
     async def publish(self, channel: str, data: str, event_type: str | None = None) -> str:
@@ -75,7 +76,7 @@ class Broker:
         if event_type is not None and (problem := event_type_problem(event_type)):
             raise BadRequest(problem, code="bad_event_type")
         keys = [self.naming.stream_key(channel), self.naming.pubsub_channel(channel)]
-        args = [self._maxlen, self._max_age_ms, event_type or "", data]
+        args = [self._maxlen, self._max_age_ms, event_type or "", data, self._idle_ttl_ms]
         try:
             stream_id = await self._publish(keys=keys, args=args)
         except (RedisError, OSError) as exc:
@@ -107,6 +108,13 @@ class Broker:
             if len(page) < BACKLOG_PAGE:
                 return
             start = "(" + page[-1][0].decode()
+
+    async def buffered(self, channel: str) -> bool:
+        """Whether the channel has a buffer in Redis at all: a quiet channel's expires (see publish.lua)."""
+        try:
+            return bool(await self.client.exists(self.naming.stream_key(channel)))
+        except (RedisError, OSError) as exc:
+            raise RedisUnavailable(f"Redis is unreachable ({exc})") from exc
 
     async def ping(self) -> bool:
         try:

@@ -1,7 +1,8 @@
 -- Atomic publish: append to the channel's replay buffer, trim it, and PUBLISH an envelope carrying the new id.
 -- KEYS[1] stream key, KEYS[2] Pub/Sub channel
 -- ARGV[1] MAXLEN (0: no length limit), ARGV[2] max age in ms (0: no age limit), ARGV[3] event type ('' for none),
--- ARGV[4] data
+-- ARGV[4] data, ARGV[5] (optional) ms a buffer without an age limit lives after its last publish (0: for ever;
+-- absent: one day)
 local event_type = ARGV[3]
 if string.find(event_type, '[\r\n%z]') then
   return redis.error_reply('ERR event type must not contain CR, LF or NUL')
@@ -26,6 +27,18 @@ if max_age > 0 then
   if now_ms > max_age then
     redis.call('XTRIM', KEYS[1], 'MINID', '~', string.format('%d-0', now_ms - max_age))
   end
+end
+-- The buffer expires once it has been quiet for longer than anything in it may be kept, so the buffers of channels
+-- that went quiet do not stay in Redis for ever. With an age limit, by then every entry is past it (the second of
+-- margin covers the clocks of the id and of the expiry being read at different moments).
+local expiry
+if max_age > 0 then
+  expiry = max_age + 1000
+else
+  expiry = tonumber(ARGV[5] or '86400000')
+end
+if expiry > 0 then
+  redis.call('PEXPIRE', KEYS[1], expiry)
 end
 redis.call('PUBLISH', KEYS[2], '\0sse1\n' .. id .. '\n' .. event_type .. '\n' .. ARGV[4])
 return id

@@ -4,7 +4,7 @@ A subscriber is brought up to date in this order, and only this order is race-fr
 
 1. subscribe upstream and wait for Redis to confirm; from then on live events are *held* by the subscriber;
 2. read the backlog after the subscriber's cursor with XRANGE and send it, page by page, with one ``gap`` event
-   wherever entries after the last position sent were already trimmed;
+   wherever entries after the last position sent were already trimmed (or the whole buffer expired);
 3. go live: queue the held events, dropping every id at or below the last one sent.
 
 A fresh connection (no Last-Event-ID) takes each channel's newest buffered id as its cursor, read *before* step 1,
@@ -52,13 +52,19 @@ async def replay(hub: Hub, subscriber: Subscriber, send: Callable[[bytes], Await
     """Steps 1-3 above. Raises RedisUnavailable if Redis fails meanwhile."""
     await hub.attach(subscriber)
     for channel in subscriber.channels:
-        async for page in hub.broker.backlog(channel, subscriber.positions[channel]):
+        position = subscriber.positions[channel]
+        pages = 0
+        async for page in hub.broker.backlog(channel, position):
+            pages += 1
             # Checked on every page: the buffer may be trimmed past a page's end while it is being sent.
             _offer_gap_if_trimmed(subscriber, channel, page[0])
             subscriber.accept([from_stream_entry(channel, entry_id, fields) for entry_id, fields in page])
             if subscriber.close_reason is not None:
                 return
             await send(subscriber.take())
+        if not pages and position != ZERO and not await hub.broker.buffered(channel):
+            # The channel's buffer expired while it was quiet: whatever came after the cursor is gone with it.
+            subscriber.offer_gap(channel, position, ZERO)
     if subscriber.close_reason is None:
         subscriber.go_live()
 
