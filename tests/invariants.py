@@ -15,7 +15,9 @@ opened with. ``check()`` then judges each subscriber and channel:
 - a gap must start at the subscriber's position on that channel, cover at least one missing event, be followed by
   its ``first_available``, and skip no id that Redis still buffers at the end (trimming only ever removes);
 - an event that was not acknowledged (a ``503`` whose publish Redis still stored) may arrive: it is counted, never
-  an error, and never lost;
+  an error, and never lost. It may also explain a gap that covers no acknowledged event, but only a gap it could
+  lie in: its id, when any subscriber received it, is exact; otherwise it is above the newest id acknowledged before
+  the attempt began (``after``, when the caller knows it), so a gap that ends at or below that bound is not its;
 - a resumed stream must open at the Last-Event-ID it was given, and a multi-channel cursor must hold, for every other
   channel, the last id received on it.
 
@@ -193,6 +195,11 @@ class Checker:
         self._acked_ids_by_data: dict[str, dict[str, StreamId]] = {}
         self._last_acked: dict[str, StreamId] = {}
         self.unacked: dict[str, dict[str, str]] = {}  # channel -> data -> event type
+        # channel -> data -> the newest id acknowledged before the attempt began: the attempt's id, if Redis stored
+        # it, is above it (publish ids only grow).
+        self._unacked_after: dict[str, dict[str, StreamId]] = {}
+        # channel -> data -> the id a subscriber received it under, once check() has looked.
+        self._unacked_at: dict[str, dict[str, StreamId]] = {}
         self.unacked_reasons: Counter[str] = Counter()
         self.logs: list[SubscriberLog] = []
         self._buffered: dict[str, set[StreamId]] = {}
@@ -205,9 +212,19 @@ class Checker:
         self._acked_ids_by_data.setdefault(channel, {})[data] = stream_id
         self._last_acked[channel] = max(stream_id, self._last_acked.get(channel, ZERO))
 
-    def unacknowledged(self, channel: str, data: str, reason: str, event: str | None = None) -> None:
+    def unacknowledged(
+        self, channel: str, data: str, reason: str, event: str | None = None, *, after: str | None = None
+    ) -> None:
+        """A publish attempt that was not acknowledged. ``after``: ``newest_acknowledged(channel)`` taken before the
+        attempt began; without it the attempt may lie anywhere above the start of the channel."""
         self.unacked.setdefault(channel, {})[data] = event or "message"
+        self._unacked_after.setdefault(channel, {})[data] = parse_id(after) if after else ZERO
         self.unacked_reasons[reason] += 1
+
+    def newest_acknowledged(self, channel: str) -> str | None:
+        """The newest id acknowledged on ``channel`` so far: what to pass as ``after`` for an attempt about to begin."""
+        newest = self._last_acked.get(channel)
+        return format_id(newest) if newest is not None else None
 
     def subscriber(self, channels: tuple[str, ...] | list[str], name: str | None = None) -> SubscriberLog:
         log = SubscriberLog(name or f"subscriber-{len(self.logs)}", tuple(channels))
@@ -244,6 +261,7 @@ class Checker:
         that skips such an id said more was lost than was.
         """
         self._buffered = {channel: {parse_id(i) for i in ids} for channel, ids in (buffered or {}).items()}
+        self._unacked_at = self._unacked_positions()
         report = Report(published=sum(len(ids) for ids in self.acked.values()))
         report.unacknowledged = sum(self.unacked_reasons.values())
         report.subscribers = len(self.logs)
@@ -341,13 +359,42 @@ class Checker:
             report.bad_gaps += 1
             problems.append(f"{log.name}: gap {item.data} but its position on {channel} is {format_id(here.last)}")
         covers_acked = any(requested < stream_id < first for stream_id in self.acked.get(channel, {}))
-        if not covers_acked and not self.unacked.get(channel):
+        if not covers_acked and not self._unacked_may_lie_in(channel, requested, first):
             report.bad_gaps += 1
             problems.append(f"{log.name}: gap {item.data} but no published event is missing")
         # The next event of the channel must be first_available (or, after a drop, the same gap comes again).
         here.after_gap = (requested, first)
         here.covered.append((requested, first))
         here.floor = max(here.floor, first)
+
+    def _unacked_positions(self) -> dict[str, dict[str, StreamId]]:
+        """Where the unacknowledged publishes that some subscriber received were stored."""
+        found: dict[str, dict[str, StreamId]] = {}
+        for log in self.logs:
+            for item in log.received:
+                if item.event == "gap" or item.data not in self.unacked.get(item.channel, {}):
+                    continue
+                try:
+                    stream_id = parse_id(item.id or "")
+                except ValueError:
+                    continue
+                if stream_id not in self.acked.get(item.channel, {}):
+                    found.setdefault(item.channel, {})[item.data] = stream_id
+        return found
+
+    def _unacked_may_lie_in(self, channel: str, requested: StreamId, first: StreamId) -> bool:
+        """Whether an unacknowledged publish on ``channel`` could have been stored between the gap's ends."""
+        seen_at = self._unacked_at.get(channel, {})
+        for data, after in self._unacked_after.get(channel, {}).items():
+            at = seen_at.get(data)
+            if at is not None:
+                if requested < at < first:
+                    return True
+            else:  # somewhere above ``after``: an id between the gap's ends must be free for it
+                low = max(after, requested)
+                if (low[0], low[1] + 1) < first:
+                    return True
+        return False
 
     def _check_identity(self, log, channel, stream_id, item, report, problems) -> None:
         published = self.acked.get(channel, {}).get(stream_id)

@@ -159,3 +159,53 @@ def test_a_gap_must_be_followed_by_its_first_available_and_skip_only_what_is_gon
     log.take("message", ids[4], "m5")
     report = checker.check()
     assert (report.bad_gaps, report.lost) == (1, 1), report.summary()
+
+
+def _gap_over_nothing_acknowledged(checker: Checker):
+    """Acknowledged 100-1, 100-2 and 100-5; a subscriber told it missed (100-2, 100-5), nothing acknowledged there."""
+    for n in (1, 2, 5):
+        checker.acknowledged("a", f"100-{n}", f"m{n}")
+    log = _single(checker, ["100-1", "100-2"])
+    log.take("gap", "100-2", json.dumps({"channel": "a", "requested": "100-2", "first_available": "100-5"}))
+    log.take("message", "100-5", "m5")
+    return log
+
+
+def test_a_gap_is_explained_only_by_an_unacknowledged_publish_it_could_span():
+    # Attempted once 100-5 was acknowledged: if stored at all, it is above 100-5, outside the gap.
+    checker = Checker()
+    _gap_over_nothing_acknowledged(checker)
+    checker.unacknowledged("a", "late", "status 503", after="100-5")
+    report = checker.check()
+    assert report.bad_gaps == 1, report.summary()
+
+    # Attempted once 100-2 was acknowledged: it may be the 100-3 the buffer lost.
+    checker = Checker()
+    _gap_over_nothing_acknowledged(checker)
+    checker.unacknowledged("a", "timed out", "status 503", after="100-2")
+    assert checker.check().ok, checker.check().summary()
+
+    # Received by another subscriber as 100-9: its place is known, and it is not in the gap.
+    checker = Checker()
+    _gap_over_nothing_acknowledged(checker)
+    checker.unacknowledged("a", "stored anyway", "status 503")
+    other = _single(checker, ["100-1", "100-2", "100-5"])
+    other.take("message", "100-9", "stored anyway")
+    report = checker.check()
+    assert (report.bad_gaps, report.unacked_delivered, report.lost) == (1, 1, 0), report.summary()
+
+    # Received as 100-4: it is what the gap skipped.
+    checker = Checker()
+    _gap_over_nothing_acknowledged(checker)
+    checker.unacknowledged("a", "stored anyway", "status 503")
+    other = _single(checker, ["100-1", "100-2"])
+    other.take("message", "100-4", "stored anyway")
+    other.take("message", "100-5", "m5")
+    assert checker.check().ok, checker.check().summary()
+
+
+def test_an_unacknowledged_publish_on_another_channel_explains_no_gap():
+    checker = Checker()
+    _gap_over_nothing_acknowledged(checker)
+    checker.unacknowledged("b", "elsewhere", "status 503")
+    assert checker.check().bad_gaps == 1
