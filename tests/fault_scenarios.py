@@ -9,10 +9,14 @@ that did not hold. ``tests/test_faults.py`` runs each once, briefly; ``scripts/f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import re
 import subprocess
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+
+import httpx
 
 from tests.invariants import Report
 from tests.servers import wait_until
@@ -127,19 +131,52 @@ async def redis_paused(rig: Rig, load: Workload, pace: Pace) -> Outcome:
     assert rig.gateway is not None
     await load.run_for(pace.before)
     reasons_before = load.checker.unacked_reasons.copy()
+    unavailable_before = await publish_outcomes(rig.gateway.url, "redis_unavailable")
     rig.redis.pause()
     try:
+        # Asked at once: the gateway's ping waits out its 5 s socket timeout, within the pause, and says 503.
+        readiness = asyncio.create_task(readyz_while_paused(rig.gateway.url))
         await load.run_for(pace.pause)
+        ready_status, ready_error = await readiness
     finally:
         rig.redis.resume()
     await asyncio.to_thread(wait_until, rig.gateway.ready, what="the gateway ready after Redis resumed")
     await load.run_for(pace.after)
     during = load.checker.unacked_reasons - reasons_before
+    unavailable = await publish_outcomes(rig.gateway.url, "redis_unavailable") - unavailable_before
     outcome = Outcome("redis_paused", await load.finish(pace.settle))
     outcome.notes.update(refused_503=during["status 503"], unacked_delivered=outcome.report.unacked_delivered)
+    outcome.notes.update(readyz_while_paused=ready_status or 0, publishes_counted_redis_unavailable=int(unavailable))
+    # The pause must have been felt, or the promise was checked on a healthy run.
+    if not during["status 503"]:
+        outcome.failures.append("no publish was refused with 503 while Redis was paused")
+    if (ready_status, ready_error) != (503, "redis_unavailable"):
+        outcome.failures.append(f"/readyz answered {ready_status} {ready_error!r} while Redis was paused, not 503")
+    if unavailable != during["status 503"]:
+        outcome.failures.append(
+            f"sse_publishes_total{{outcome=redis_unavailable}} rose by {unavailable:g}, "
+            f"not by the {during['status 503']} publishes refused with 503"
+        )
     if other := {reason: count for reason, count in during.items() if reason != "status 503"}:
         outcome.failures.append(f"publishes failed other than with 503 while Redis was paused: {other}")
     return outcome
+
+
+async def readyz_while_paused(base_url: str) -> tuple[int | None, str | None]:
+    """The status and error code of one /readyz, with time to spare for the gateway's own Redis timeout."""
+    with contextlib.suppress(httpx.HTTPError):
+        async with httpx.AsyncClient(timeout=15) as client:
+            response = await client.get(f"{base_url}/readyz")
+            return response.status_code, response.json().get("error")
+    return None, None
+
+
+async def publish_outcomes(base_url: str, outcome: str) -> float:
+    """The gateway's count of publishes that ended with ``outcome`` (from /metrics; 0 before the first)."""
+    async with httpx.AsyncClient(timeout=10) as client:
+        text = (await client.get(f"{base_url}/metrics")).text
+    match = re.search(rf'^sse_publishes_total{{outcome="{re.escape(outcome)}"}} (\S+)$', text, re.MULTILINE)
+    return float(match[1]) if match else 0.0
 
 
 async def stalled_client(rig: Rig, load: Workload, pace: Pace) -> Outcome:

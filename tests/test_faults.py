@@ -49,8 +49,12 @@ async def test_redis_sigkilled_and_restarted_refuses_publishes_and_delivers_ever
 
 
 @pytest.mark.timeout(90)
-async def test_redis_paused_past_the_socket_timeout_loses_nothing_acknowledged(rig):
-    await run("redis_paused", rig)
+async def test_redis_paused_past_the_socket_timeout_refuses_publishes_and_loses_nothing_acknowledged(rig):
+    outcome = await run("redis_paused", rig)
+    # The pause was felt: publishes refused with 503 and counted so by the gateway, and /readyz said so meanwhile.
+    assert outcome.notes["refused_503"] > 0
+    assert outcome.notes["publishes_counted_redis_unavailable"] == outcome.notes["refused_503"]
+    assert outcome.notes["readyz_while_paused"] == 503
 
 
 @pytest.mark.timeout(90)
