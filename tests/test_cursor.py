@@ -77,6 +77,13 @@ def test_stream_id_rejects_non_ascii_digits(text: str) -> None:
         parse_stream_id(text)
 
 
+def test_stream_id_errors_say_what_was_wrong_and_quote_the_text() -> None:
+    with pytest.raises(ValueError, match=r"^not a stream id: 'x-1'$"):
+        parse_stream_id("x-1")
+    with pytest.raises(ValueError, match=rf"^stream id out of range: '{MAX + 1}-0'$"):
+        parse_stream_id(f"{MAX + 1}-0")
+
+
 def test_channel_set_is_unique_and_sorted() -> None:
     assert channel_set(["b", "a", "b", "c"]) == ("a", "b", "c")
 
@@ -84,6 +91,16 @@ def test_channel_set_is_unique_and_sorted() -> None:
 def test_tag_depends_on_the_channel_set() -> None:
     assert channel_set_tag(("a", "b")) != channel_set_tag(("a", "c"))
     assert channel_set_tag(("a", "b")) == channel_set_tag(channel_set(["b", "a"]))
+
+
+def test_tag_is_the_same_in_every_process_and_version() -> None:
+    # Another replica, or this one after an upgrade, must accept the cursors already held by clients.
+    assert channel_set_tag(("a", "b")) == "1ubll2z"
+    assert channel_set_tag(("prices", "stocks")) == "7q1o7n"
+
+
+def test_tag_separates_the_channel_names() -> None:
+    assert channel_set_tag(("ab", "c")) != channel_set_tag(("a", "bc"))
 
 
 def test_position_is_base36_ms_with_seq_only_when_non_zero() -> None:
@@ -181,6 +198,37 @@ def test_single_channel_refuses_anything_but_a_stream_id(text: str) -> None:
 
 def test_single_channel_refuses_a_composite_cursor() -> None:
     assert_bad_cursor(format_cursor(channel_set_tag(("prices",)), ["5"]), ("prices",))
+
+
+def bad_cursor_detail(text: str, channels: tuple[str, ...]) -> str:
+    with pytest.raises(BadRequest) as caught:
+        parse_cursor(text, channels)
+    return caught.value.detail
+
+
+TAG_AB = channel_set_tag(("a", "b"))
+
+
+@pytest.mark.parametrize(
+    ("text", "channels", "why"),
+    [
+        ("garbage", ("prices",), "expected a stream id such as 1732700000000-0"),
+        ("nonsense", ("a", "b"), "expected a cursor issued by a stream of the same channels"),
+        (channel_set_tag(("a", "c")) + "_1.2", ("a", "b"), "expected a cursor issued by a stream of the same channels"),
+        (f"{TAG_AB}_1.2.3", ("a", "b"), "expected 2 positions"),
+        (f"{TAG_AB}_1.A", ("a", "b"), "position 'A' is not base-36"),
+        # The first '_' ends the tag: a later one is part of a position, so the tag is right and the position is not.
+        (f"{TAG_AB}_1.2_3", ("a", "b"), "position '2_3' is not base-36"),
+        (f"{TAG_AB}_3w5e11264sgsg.0", ("a", "b"), "position out of range"),
+    ],
+)
+def test_bad_cursor_detail_says_why_it_was_refused(text: str, channels: tuple[str, ...], why: str) -> None:
+    assert bad_cursor_detail(text, channels) == f"Last-Event-ID {text!r} does not parse: {why}"
+
+
+def test_bad_cursor_detail_quotes_at_most_30_characters_of_a_bad_position() -> None:
+    detail = bad_cursor_detail(f"{TAG_AB}_0.{'A' * 40}", ("a", "b"))
+    assert detail.endswith(f"does not parse: position {'A' * 30!r} is not base-36")
 
 
 def test_bad_cursor_detail_quotes_at_most_80_characters_of_the_input() -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import time
+
 import pytest
 
 from gateway.events import ENVELOPE_MARK, Event, decode_pubsub, from_stream_entry
@@ -38,6 +41,12 @@ def test_plain_payload_has_no_id_and_no_type() -> None:
     assert event.frame == b"data: hello\ndata: world\n\n"
 
 
+def test_plain_payload_keeps_its_channel() -> None:
+    event = decode_pubsub("news", b"hello")
+    assert event.channel == "news"
+    assert event.multi_body == b"event: news\ndata: hello\n\n"
+
+
 def test_non_utf8_plain_payload_becomes_replacement_characters() -> None:
     event = decode_pubsub("news", b"\xff\xfeok\xc3")
     assert event.stream_id is None
@@ -69,6 +78,14 @@ def test_envelope_with_a_type_sse_cannot_carry_keeps_its_id_and_loses_the_type(e
 )
 def test_envelope_with_a_damaged_id_is_skipped_not_streamed(payload: bytes) -> None:
     assert decode_pubsub("news", payload) is None
+
+
+def test_damaged_envelope_is_logged_with_its_channel(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="gateway.events"):
+        assert decode_pubsub("news", envelope(b"not-an-id", b"t", b"data")) is None
+    assert [(r.name, r.levelno, r.getMessage()) for r in caplog.records] == [
+        ("gateway.events", logging.WARNING, "skipped a damaged envelope on channel news")
+    ]
 
 
 def test_payload_that_merely_contains_the_mark_later_is_plain() -> None:
@@ -118,6 +135,13 @@ def test_from_stream_entry_with_missing_fields_gives_empty_data_and_no_type() ->
 
 def test_from_stream_entry_tolerates_non_utf8_data() -> None:
     assert from_stream_entry("prices", b"9-1", {b"d": b"\xffa"}).data == "\ufffda"
+
+
+def test_event_records_when_it_arrived_on_the_monotonic_clock() -> None:
+    # The fan-out lag metric subtracts this from time.monotonic() when the event is written.
+    before = time.monotonic()
+    event = Event("c", (1, 0), None, "x")
+    assert before <= event.arrived <= time.monotonic()
 
 
 def test_repr_names_channel_id_type_and_data_start() -> None:

@@ -131,6 +131,12 @@ def test_event_type_problem_accepts_valid_types(event: str) -> None:
     assert event_type_problem(event) is None
 
 
+@pytest.mark.parametrize("event", ["\ud800", "a\udfffb", "tick\udc00"])
+def test_event_type_with_a_lone_surrogate_is_refused(event: str) -> None:
+    # JSON can spell a lone surrogate (\ud800), which UTF-8 cannot carry: the frame could never be encoded.
+    assert event_type_problem(event) == "event type must be valid Unicode text"
+
+
 def test_comment_lines_each_start_with_a_colon() -> None:
     assert encode_comment("keepalive") == b": keepalive\n"
     assert encode_comment("a\nb\rc") == b": a\n: b\n: c\n"
