@@ -157,3 +157,40 @@ def wait_until(condition, *, what: str, timeout: float = 20.0, process: subproce
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what} not ready after {timeout}s")
         time.sleep(0.05)
+
+
+class ThreadedServer:
+    """An ASGI app (``create_app``'s, with routes of a test's own if need be) served by uvicorn in a thread here.
+
+    The app is the gateway's, lifespan and all; only the process is shared with the test. Off the main thread the
+    app installs no signal handlers, so ``call_in_loop`` is how a test reaches it (``hub.drain`` as a signal would).
+    """
+
+    def __init__(self, app, *, log_level: str = "warning") -> None:
+        import threading
+
+        import uvicorn
+
+        self.port = free_port()
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, http="httptools", log_level=log_level)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def call_in_loop(self, function, *args) -> None:
+        """Run ``function(*args)`` on the server's event loop, as a signal handler would schedule it."""
+        self.server.servers[0].get_loop().call_soon_threadsafe(function, *args)
+
+    def __enter__(self) -> ThreadedServer:
+        self.thread.start()
+        wait_until(lambda: self.server.started or not self.thread.is_alive(), what="uvicorn in a thread", timeout=20)
+        if not self.server.started:
+            raise RuntimeError("uvicorn in a thread did not start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(15)
