@@ -1,24 +1,28 @@
-"""The ``sse-gateway`` command: serve, publish, listen. Parsing and wiring only; the logic lives elsewhere."""
+"""The ``sse-gateway`` command: serve, demo, publish, listen, token. Parsing and wiring only; the logic lives elsewhere.
+
+The flags of `serve` are generated from the fields of Settings (gateway.config), so a new setting needs no line here.
+`publish` and `listen` are the client's commands (sse_gateway_client.cli), with `publish --redis-url` added.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import dataclasses
-import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import Field, fields
+from typing import Any
 
-from gateway.config import Settings
-from sse_gateway_client.cli import add_credential_options
-
-DEFAULT_GATEWAY_URL = "http://127.0.0.1:8000"
+from gateway.config import Settings, env_name, kind, parse
+from sse_gateway_client.cli import Parser, add_listen_command, add_publish_command, run_publish
+from sse_gateway_client.errors import GatewayClientError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
@@ -26,132 +30,135 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.run(args)
     except ValueError as exc:  # settings that cannot work, from flags or SSE_GATEWAY_* variables
-        print(f"sse-gateway {args.command}: {exc}", file=sys.stderr)
+        print(f"{args.prog}: {exc}", file=sys.stderr)
         return 2
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sse-gateway", description="Redis Pub/Sub channels as Server-Sent Events.")
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="sse-gateway", description="Redis Pub/Sub channels as Server-Sent Events.")
     parser.set_defaults(command=None)
     commands = parser.add_subparsers(title="commands")
 
-    serve = commands.add_parser("serve", help="run the gateway (default 127.0.0.1:8000)")
-    serve.add_argument("--host", help="address to bind (SSE_GATEWAY_HOST, default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port (SSE_GATEWAY_PORT, default 8000)")
-    serve.add_argument("--workers", type=int, help="worker processes (SSE_GATEWAY_WORKERS, default 1)")
-    serve.add_argument("--redis-url", help="Redis to use (SSE_GATEWAY_REDIS_URL); unset: start an embedded one")
-    serve.add_argument("--key-prefix", help="prefix of Redis keys and channels (SSE_GATEWAY_KEY_PREFIX, default sse:)")
-    serve.add_argument("--buffer-maxlen", type=int, help="replay entries kept per channel (default 1000)")
-    serve.add_argument("--buffer-max-age", type=float, help="seconds replay entries are kept (default 3600)")
-    serve.add_argument("--heartbeat", type=float, help="seconds between heartbeat comments (default 15)")
-    serve.add_argument("--retry-ms", type=int, help="reconnect delay hinted to clients (default 3000)")
-    serve.add_argument("--max-channels", type=int, help="channels per connection (default 16)")
-    serve.add_argument("--max-body-bytes", type=int, help="largest publish body (default 1048576)")
-    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default info")
-    serve.add_argument("--log-format", choices=["text", "json"], help="SSE_GATEWAY_LOG_FORMAT (default text)")
-    serve.add_argument("--auth", choices=["auto", "jwt", "off"], help="SSE_GATEWAY_AUTH (default auto)")
-    serve.add_argument("--jwt-secret", help="HS256 secret (SSE_GATEWAY_JWT_SECRET)")
-    serve.add_argument("--jwt-public-key-file", help="PEM public key for RS256/ES256 (SSE_GATEWAY_JWT_PUBLIC_KEY_FILE)")
-    serve.add_argument("--jwt-jwks-file", help="JWKS file for RS256/ES256 (SSE_GATEWAY_JWT_JWKS_FILE)")
-    serve.add_argument("--public-channels", help="globs anyone may subscribe to (SSE_GATEWAY_PUBLIC_CHANNELS)")
-    serve.add_argument("--cors-origins", help="origins allowed to use the gateway (SSE_GATEWAY_CORS_ORIGINS)")
-    serve.set_defaults(command="serve", run=_serve)
+    serve = commands.add_parser(
+        "serve",
+        help="run the gateway (default 127.0.0.1:8000)",
+        description="Run the gateway. Each flag has an SSE_GATEWAY_* variable; a flag wins over its variable.",
+    )
+    add_settings_flags(serve)
+    serve.set_defaults(command="serve", prog=serve.prog, run=_serve)
 
     demo = commands.add_parser("demo", help="run the gateway with a simulated stock and news publisher")
-    demo.add_argument("--host", help="address to bind (default 127.0.0.1)")
-    demo.add_argument("--port", type=int, help="port (default 8000)")
-    demo.set_defaults(command="demo", run=_demo)
+    add_settings_flags(demo, only=("host", "port"))
+    demo.set_defaults(command="demo", prog=demo.prog, run=_demo)
 
-    publish = commands.add_parser("publish", help="publish one event")
-    publish.add_argument("channel")
-    publish.add_argument("data", help="the event's data; '-' reads standard input")
-    publish.add_argument("--event", help="event type")
-    publish.add_argument("--url", default=os.environ.get("SSE_GATEWAY_URL", DEFAULT_GATEWAY_URL), help="gateway URL")
+    publish = add_publish_command(commands)
     publish.add_argument("--redis-url", help="publish straight into this Redis instead of through the gateway")
-    add_credential_options(publish, api_key=True)
-    publish.set_defaults(command="publish", run=_publish)
+    publish.set_defaults(run=_publish)
 
-    listen = commands.add_parser("listen", help="print a stream's events, reconnecting with Last-Event-ID")
-    listen.add_argument("channels", nargs="+")
-    listen.add_argument("--url", default=os.environ.get("SSE_GATEWAY_URL", DEFAULT_GATEWAY_URL), help="gateway URL")
-    listen.add_argument("--last-event-id", help="resume after this id")
-    listen.add_argument("--json", action="store_true", help="one JSON object per event")
-    add_credential_options(listen, api_key=False)
-    listen.set_defaults(command="listen", run=_listen)
+    add_listen_command(commands)
 
     token = commands.add_parser("token", help="mint a JWT granting channel patterns")
     token.add_argument("--subscribe", action="append", default=[], metavar="GLOB", help="may subscribe (repeatable)")
     token.add_argument("--publish", action="append", default=[], metavar="GLOB", help="may publish (repeatable)")
     token.add_argument("--ttl", type=float, default=3600, help="seconds until it expires (default 3600)")
-    token.add_argument("--secret", default=os.environ.get("SSE_GATEWAY_JWT_SECRET"), help="HS256 secret")
+    secret, audience = env_name("jwt_secret"), env_name("jwt_audience")
+    token.add_argument("--secret", default=os.environ.get(secret) or None, help=f"HS256 secret (default ${secret})")
     token.add_argument("--private-key", help="PEM private key file, for RS256 or ES256")
     token.add_argument("--algorithm", choices=["HS256", "RS256", "ES256"], help="default HS256, or RS256 with a key")
     token.add_argument("--subject", help="the sub claim")
-    token.add_argument("--audience", default=os.environ.get("SSE_GATEWAY_JWT_AUDIENCE"), help="the aud claim")
+    token.add_argument(
+        "--audience", default=os.environ.get(audience) or None, help=f"the aud claim (default ${audience})"
+    )
     token.add_argument("--kid", help="key id header, to pick a key from a JWKS")
-    token.set_defaults(command="token", run=_token)
+    token.set_defaults(command="token", prog=token.prog, run=_token)
     return parser
+
+
+def add_settings_flags(parser: argparse.ArgumentParser, *, only: Collection[str] | None = None) -> None:
+    """One flag per setting (or per setting named in `only`): `--buffer-max-age` for buffer_max_age.
+
+    A flag takes the same values as its SSE_GATEWAY_* variable, checked the same way. An unset flag is None, so that
+    the variable, else the default, stands (see serve_settings).
+    """
+    for item in fields(Settings):
+        if only is not None and item.name not in only:
+            continue
+        text = f"{item.metadata.get('help', item.name.replace('_', ' '))} ({env_name(item.name)}{_default(item)})"
+        options: dict[str, Any] = {"dest": item.name, "default": None, "help": text.replace("%", "%%")}
+        if kind(item) == "bool":
+            options["action"] = argparse.BooleanOptionalAction
+        else:
+            options["type"] = _converter(item)
+            options["metavar"] = "N" if kind(item) in ("int", "float") else None
+            options["choices"] = item.metadata.get("choices") or None
+        parser.add_argument("--" + item.name.replace("_", "-"), **options)
+
+
+def serve_settings(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Settings:
+    """The SSE_GATEWAY_* variables (of `environ`, else the process), overridden by the flags that were given."""
+    given = {item.name: getattr(args, item.name, None) for item in fields(Settings)}
+    return Settings.from_env(environ).replace(**given)
+
+
+def _default(item: Field[Any]) -> str:
+    value = item.default
+    if value is dataclasses.MISSING:
+        return ""
+    if value is None or value == "":
+        return "; default unset" if value is None else "; default empty"
+    if isinstance(value, bool):
+        return f"; default {str(value).lower()}"
+    return f"; default {value:g}" if isinstance(value, float) else f"; default {value}"
+
+
+def _converter(item: Field[Any]) -> Callable[[str], Any]:
+    def convert(raw: str) -> Any:
+        try:
+            return parse(item, raw)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{raw!r} {exc}") from None
+
+    convert.__name__ = kind(item)  # what argparse calls the type in its own messages
+    return convert
 
 
 def _serve(args: argparse.Namespace) -> int:
     from gateway.server import serve
 
-    settings = Settings.from_env().replace(
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        redis_url=args.redis_url,
-        key_prefix=args.key_prefix,
-        buffer_maxlen=args.buffer_maxlen,
-        buffer_max_age=args.buffer_max_age,
-        heartbeat=args.heartbeat,
-        retry_ms=args.retry_ms,
-        max_channels=args.max_channels,
-        max_body_bytes=args.max_body_bytes,
-        log_level=args.log_level,
-        log_format=args.log_format,
-        auth=args.auth,
-        jwt_secret=args.jwt_secret,
-        jwt_public_key_file=args.jwt_public_key_file,
-        jwt_jwks_file=args.jwt_jwks_file,
-        public_channels=args.public_channels,
-        cors_origins=args.cors_origins,
-    )
-    return serve(settings)
+    return serve(serve_settings(args))
 
 
 def _demo(args: argparse.Namespace) -> int:
     from gateway.server import serve
 
     # Always on the embedded server, so the simulated feed never lands in a real deployment's Redis.
-    settings = Settings.from_env().replace(host=args.host, port=args.port)
+    settings = serve_settings(args)
     return serve(dataclasses.replace(settings, redis_url=None, workers=1), demo=True)
 
 
 def _publish(args: argparse.Namespace) -> int:
-    data = sys.stdin.read() if args.data == "-" else args.data
-    if not args.redis_url:
-        from sse_gateway_client.cli import run_publish
+    return run_publish(args, send=_publish_to_redis if args.redis_url else None)
 
-        return run_publish(args.channel, data, args.event, args.url, args.token, args.api_key)
+
+def _publish_to_redis(args: argparse.Namespace, data: str) -> dict[str, Any]:
     from gateway.errors import GatewayError
 
+    settings = Settings.from_env()  # the key prefix and buffer limits the gateways use
     try:
-        result = asyncio.run(_publish_to_redis(args.redis_url, args.channel, data, args.event))
+        return asyncio.run(_publish_with_broker(args.redis_url, settings, args.channel, data, args.event))
     except GatewayError as exc:
-        print(f"sse-gateway publish: {exc.code}: {exc.detail}", file=sys.stderr)
-        return 1
-    print(json.dumps(result))
-    return 0
+        raise GatewayClientError(f"{exc.code}: {exc.detail}") from exc
 
 
-async def _publish_to_redis(url: str, channel: str, data: str, event: str | None) -> dict[str, str]:
+async def _publish_with_broker(
+    url: str, settings: Settings, channel: str, data: str, event: str | None
+) -> dict[str, Any]:
     from gateway.broker import Broker, connect
     from gateway.naming import validate_channel
 
     client = connect(url)
     try:
-        broker = Broker(client, Settings.from_env())
+        broker = Broker(client, settings)
         return {"channel": channel, "id": await broker.publish(validate_channel(channel), data, event)}
     finally:
         await client.aclose()
@@ -178,12 +185,6 @@ def _token(args: argparse.Namespace) -> int:
         print(f"sse-gateway token: {exc}", file=sys.stderr)
         return 2
     return 0
-
-
-def _listen(args: argparse.Namespace) -> int:
-    from sse_gateway_client.cli import run_listen
-
-    return run_listen(args.channels, args.url, args.last_event_id, args.json, args.token)
 
 
 if __name__ == "__main__":  # pragma: no cover

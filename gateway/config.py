@@ -5,60 +5,68 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import Field, dataclass, field, fields
 from typing import Any
 
 ENV_PREFIX = "SSE_GATEWAY_"
 
 
+def setting(default: Any, help: str, *, choices: tuple[str, ...] = ()) -> Any:
+    """A Settings field with its help text and, for a closed set of words, its choices.
+
+    The `serve` flags are generated from these (gateway.cli), and SSE_GATEWAY_* values are checked against the choices.
+    """
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
 @dataclass(frozen=True)
 class Settings:
-    host: str = "127.0.0.1"
-    port: int = 8000
-    workers: int = 1
-    # None means: start a private embedded Redis-protocol server.
-    redis_url: str | None = None
-    key_prefix: str = "sse:"
+    host: str = setting("127.0.0.1", "address to bind (the Docker image uses 0.0.0.0)")
+    port: int = setting(8000, "port to listen on (0: any free port)")
+    workers: int = setting(1, "worker processes; each has its own upstream subscriptions")
+    redis_url: str | None = setting(None, "redis://, rediss:// or unix:// URL; unset starts an embedded server")
+    key_prefix: str = setting("sse:", "prefix of every Redis key and Pub/Sub channel")
     # Each channel's replay buffer is a Redis Stream trimmed to about this many entries ...
-    buffer_maxlen: int = 1000
+    buffer_maxlen: int = setting(1000, "entries kept per channel for replay, at least (0: no limit)")
     # ... and to entries younger than this many seconds (0 turns the age limit off).
-    buffer_max_age: float = 3600.0
+    buffer_max_age: float = setting(3600.0, "seconds replay entries are kept, at least (0: no limit)")
     # ... and, without an age limit, deleted once its channel has been quiet this many seconds (0: kept for ever).
     # With an age limit a buffer is deleted once quiet for that long plus a second (see publish.lua).
-    buffer_idle_ttl: float = 86400.0
-    heartbeat: float = 15.0
-    retry_ms: int = 3000
-    max_channels: int = 16
-    # Open streams per process; past it a stream is ended at once with a long retry hint.
-    max_connections: int = 10_000
-    # Publishes a second per client IP, in bursts of up to publish_burst; 0 is no limit.
-    publish_rate: float = 0.0
-    publish_burst: int = 50
-    max_body_bytes: int = 1024 * 1024
+    buffer_idle_ttl: float = setting(
+        86400.0, "seconds a quiet channel's buffer is kept when there is no age limit (0: for ever)"
+    )
+    heartbeat: float = setting(15.0, "seconds of quiet before a keepalive comment")
+    retry_ms: int = setting(3000, "the retry: hint, in milliseconds, sent at the start of each stream")
+    max_channels: int = setting(16, "channels per connection")
+    max_connections: int = setting(10_000, "open streams per process; past it a stream ends at once")
+    publish_rate: float = setting(0.0, "publishes a second per client IP (0: no limit)")
+    publish_burst: int = setting(50, "burst of publishes allowed above the publish rate")
+    max_body_bytes: int = setting(1024 * 1024, "largest publish body")
+    # Bounds on what a client can hold before it is a stream (see gateway.http_limits); 0 turns one off.
+    max_request_head_bytes: int = setting(16 * 1024, "longest request line and headers; past it a 431 (0: no limit)")
+    request_timeout: float = setting(10.0, "seconds a client has to send its whole request, head and body (0: none)")
+    max_http_connections: int = setting(12_000, "open connections per process, streams or not; past it a 503 (0: none)")
     # A client whose unsent frames pass either bound is disconnected; it resumes with Last-Event-ID.
-    client_buffer_events: int = 1024
-    client_buffer_bytes: int = 4 * 1024 * 1024
-    # A client that accepts no bytes for this long is disconnected.
-    send_timeout: float = 30.0
-    # Bound on how long a stream may take to shut down on SIGTERM before uvicorn cancels it.
-    shutdown_grace: float = 5.0
-    log_level: str = "info"
-    log_format: str = "text"  # or "json": one object per line
-    # Authentication: "auto" is on when a key is configured, off (loudly) for a loopback-only gateway without keys,
-    # and refuses to start otherwise; "jwt" is always on; "off" lets anyone subscribe and publish.
-    auth: str = "auto"
-    jwt_secret: str | None = None
-    jwt_public_key_file: str | None = None
-    jwt_jwks_file: str | None = None
-    jwt_audience: str | None = None
-    # Comma-separated lists.
-    api_keys: str = ""
-    public_channels: str = ""
-    auth_cookie: str = "sse_token"
-    cors_origins: str = ""
-    cors_credentials: bool = False
-    # Channel globs whose slow clients get only the newest queued event per channel instead of being evicted.
-    conflate_channels: str = ""
+    client_buffer_events: int = setting(1024, "frames queued for one client before it is disconnected")
+    client_buffer_bytes: int = setting(4 * 1024 * 1024, "bytes queued for one client before it is disconnected")
+    send_timeout: float = setting(30.0, "seconds a client may accept no bytes before it is disconnected")
+    shutdown_grace: float = setting(5.0, "seconds uvicorn waits for streams on shutdown before it cancels them")
+    log_level: str = setting("info", "log level", choices=("debug", "info", "warning", "error", "critical"))
+    log_format: str = setting("text", "text, or json: one object per line", choices=("text", "json"))
+    # "auto" is on when a key is configured, off (loudly) for a loopback-only gateway without keys, and refuses to
+    # start otherwise; "jwt" is always on; "off" lets anyone subscribe and publish.
+    auth: str = setting("auto", "authentication (see Protected mode in the README)", choices=("auto", "jwt", "off"))
+    jwt_secret: str | None = setting(None, "HS256 secret")
+    jwt_public_key_file: str | None = setting(None, "PEM public key (RSA for RS256, EC P-256 for ES256)")
+    jwt_jwks_file: str | None = setting(None, "JWKS file for RS256/ES256 keys, picked by kid")
+    jwt_audience: str | None = setting(None, "required aud of tokens")
+    api_keys: str = setting("", "comma-separated keys that may publish (X-API-Key)")
+    public_channels: str = setting("", "comma-separated globs anyone may subscribe to")
+    auth_cookie: str = setting("sse_token", "the cookie a token may come in")
+    cors_origins: str = setting("", "comma-separated origins allowed to call the gateway from a page, or *")
+    cors_credentials: bool = setting(False, "allow cookies on cross-origin requests")
+    # Slow clients of these channels get only the newest queued event per channel instead of being evicted.
+    conflate_channels: str = setting("", "comma-separated globs of channels whose clients keep only the newest event")
 
     def __post_init__(self) -> None:
         positive = (
@@ -69,7 +77,8 @@ class Settings:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be greater than 0, not {getattr(self, name)}")
         not_negative = ("retry_ms", "buffer_maxlen", "buffer_max_age", "buffer_idle_ttl", "shutdown_grace")
-        for name in (*not_negative, "publish_rate"):
+        limits = ("max_request_head_bytes", "request_timeout", "max_http_connections")
+        for name in (*not_negative, *limits, "publish_rate"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative, not {getattr(self, name)}")
 
@@ -80,42 +89,66 @@ class Settings:
     def to_env(self) -> dict[str, str]:
         """The SSE_GATEWAY_* variables that rebuild these settings, e.g. in uvicorn's worker processes."""
         return {
-            ENV_PREFIX + field.name.upper(): str(getattr(self, field.name))
-            for field in fields(self)
-            if getattr(self, field.name) is not None
+            env_name(item.name): str(getattr(self, item.name))
+            for item in fields(self)
+            if getattr(self, item.name) is not None
         }
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}
-        for field in fields(cls):
-            raw = environ.get(ENV_PREFIX + field.name.upper())
-            # An empty value means "unset", except for plain text settings where "" is a value (no key prefix).
-            if raw is None or (raw == "" and field.type != "str"):
+        for item in fields(cls):
+            raw = environ.get(env_name(item.name))
+            if raw is None:
                 continue
-            values[field.name] = _coerce(field.name, field.type, raw)
+            try:
+                value = parse(item, raw)
+            except ValueError as exc:
+                raise ValueError(f"{env_name(item.name)}={raw!r} {exc}") from None
+            if value is not None:
+                values[item.name] = value
         return cls(**values)
+
+
+def env_name(name: str) -> str:
+    """The SSE_GATEWAY_* variable of a setting."""
+    return ENV_PREFIX + name.upper()
+
+
+def kind(item: Field[Any]) -> str:
+    """A setting's value type as a word: "bool", "int", "float" or "str" (an optional setting counts as its type)."""
+    return str(item.type).removesuffix(" | None")
+
+
+def parse(item: Field[Any], raw: str) -> Any:
+    """A setting's value from text (a variable or a flag); None means unset. ValueError says what is wrong.
+
+    An empty text means unset, except for plain text settings where "" is a value (no key prefix).
+    """
+    if raw == "" and item.type != "str":
+        return None
+    choices = item.metadata.get("choices")
+    # Without case, since SSE_GATEWAY_LOG_LEVEL=DEBUG has always worked; the value is kept as written.
+    if choices and raw.lower() not in choices:
+        raise ValueError(f"is not one of {', '.join(choices)}")
+    word = kind(item)
+    if word == "bool":
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError("is not a boolean (true/false)")
+    try:
+        if word == "int":
+            return int(raw)
+        if word == "float":
+            return float(raw)
+    except ValueError:
+        raise ValueError("is not a number") from None
+    return raw
 
 
 def split_list(value: str) -> tuple[str, ...]:
     """A comma-separated setting as its items, blanks dropped."""
     return tuple(item.strip() for item in value.split(",") if item.strip())
-
-
-def _coerce(name: str, type_name: Any, raw: str) -> Any:
-    kind = str(type_name)
-    if kind == "bool":
-        if raw.lower() in ("1", "true", "yes", "on"):
-            return True
-        if raw.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a boolean (true/false)")
-    try:
-        if kind == "int":
-            return int(raw)
-        if kind == "float":
-            return float(raw)
-    except ValueError:
-        raise ValueError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a number") from None
-    return raw

@@ -1,4 +1,8 @@
-"""Command line: `listen` prints a channel's events as they arrive, `publish` sends one message."""
+"""Command line: `listen` prints a channel's events as they arrive, `publish` sends one message.
+
+The `sse-gateway` command (gateway.cli) builds its `listen` and `publish` from the functions here, so both commands
+take the same options, read the same variables and print the same lines.
+"""
 
 from __future__ import annotations
 
@@ -6,21 +10,107 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
 from .client import DEFAULT_BASE_URL, publish, subscribe
 from .errors import GatewayClientError
 from .parser import ServerSentEvent
 
-__all__ = ["format_event", "main", "run_listen", "run_publish"]
+__all__ = [
+    "API_KEY_ENV",
+    "TOKEN_ENV",
+    "URL_ENV",
+    "Parser",
+    "add_listen_command",
+    "add_publish_command",
+    "format_event",
+    "main",
+    "fail",
+    "print_answer",
+    "read_data",
+    "run_listen",
+    "run_publish",
+]
+
+URL_ENV, TOKEN_ENV, API_KEY_ENV = "SSE_GATEWAY_URL", "SSE_GATEWAY_TOKEN", "SSE_GATEWAY_API_KEY"
+
+Sender = Callable[[argparse.Namespace, str], dict[str, Any]]
 
 _INDENT = "    "
 # Published data is untrusted: keep terminal control sequences (ESC, BEL, ...) from reaching the terminal raw.
 _CONTROLS = {code: f"\\x{code:02x}" for code in [*range(0x20), 0x7F] if chr(code) not in "\t\n"}
 
 
-def _default_url() -> str:
-    return os.environ.get("SSE_GATEWAY_URL") or DEFAULT_BASE_URL
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line (exit 2), not the whole usage text."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _env(name: str) -> str | None:
+    return os.environ.get(name) or None  # an empty variable is unset, as for the gateway's own settings
+
+
+def add_listen_command(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    listen = commands.add_parser("listen", help="print a stream's events, reconnecting with Last-Event-ID")
+    listen.add_argument("channels", nargs="+", metavar="CHANNEL")
+    _add_url_option(listen)
+    listen.add_argument("--last-event-id", metavar="ID", help="resume after this event id")
+    listen.add_argument("--json", action="store_true", help="print one JSON object per event")
+    _add_token_option(listen)
+    listen.set_defaults(command="listen", prog=listen.prog, run=run_listen)
+    return listen
+
+
+def add_publish_command(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    send = commands.add_parser("publish", help="publish one event")
+    send.add_argument("channel", metavar="CHANNEL")
+    send.add_argument(
+        "data", metavar="DATA", help="the event's data; '-' reads standard input, less one trailing newline"
+    )
+    send.add_argument("--event", metavar="TYPE", help="event type (default: message)")
+    _add_url_option(send)
+    _add_token_option(send)
+    send.add_argument("--api-key", default=_env(API_KEY_ENV), help=f"API key (default ${API_KEY_ENV})")
+    send.set_defaults(command="publish", prog=send.prog, run=run_publish)
+    return send
+
+
+def _add_url_option(parser: argparse.ArgumentParser) -> None:
+    default = _env(URL_ENV) or DEFAULT_BASE_URL
+    parser.add_argument("--url", default=default, help=f"gateway base URL (default ${URL_ENV} or {DEFAULT_BASE_URL})")
+
+
+def _add_token_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--token", default=_env(TOKEN_ENV), help=f"JWT, sent as a Bearer token (default ${TOKEN_ENV})")
+
+
+def read_data(value: str) -> str:
+    """The data argument of `publish`: itself, or for '-' standard input less exactly one trailing newline.
+
+    Like shell command substitution, this drops the newline that `echo` or an editor ends the input with, but only
+    one, so data that ends in blank lines keeps them. Standard input must be UTF-8, as the gateway requires.
+    """
+    if value != "-":
+        return value
+    raw = sys.stdin.buffer.read().removesuffix(b"\n")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("bad_body: standard input is not UTF-8 text") from None
+
+
+def print_answer(answer: dict[str, Any]) -> None:
+    """A publish's answer: compact JSON on one line, as the gateway's HTTP answer, newline-terminated."""
+    print(json.dumps(answer, separators=(",", ":")), flush=True)
+
+
+def fail(args: argparse.Namespace, message: str) -> int:
+    """Report a failure the way every command does, `<command>: <message>` on stderr; the exit code is 1."""
+    print(f"{args.prog}: {message}", file=sys.stderr)
+    return 1
 
 
 def format_event(event: ServerSentEvent, channels: Sequence[str], *, as_json: bool = False) -> str:
@@ -36,17 +126,11 @@ def format_event(event: ServerSentEvent, channels: Sequence[str], *, as_json: bo
     return f"{head} {text}" if text else head
 
 
-def run_listen(
-    channels: Sequence[str],
-    url: str = DEFAULT_BASE_URL,
-    last_event_id: str | None = None,
-    as_json: bool = False,
-    token: str | None = None,
-) -> int:
-    """Print events until interrupted, reconnecting as needed; return a process exit code."""
+def run_listen(args: argparse.Namespace) -> int:
+    """Print events until interrupted, reconnecting as needed."""
     try:
-        for event in subscribe(channels, base_url=url, last_event_id=last_event_id, token=token):
-            print(format_event(event, channels, as_json=as_json), flush=True)
+        for event in subscribe(args.channels, base_url=args.url, last_event_id=args.last_event_id, token=args.token):
+            print(format_event(event, args.channels, as_json=args.json), flush=True)
     except KeyboardInterrupt:
         return 0
     except BrokenPipeError:
@@ -54,62 +138,35 @@ def run_listen(
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except GatewayClientError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return fail(args, str(exc))
     return 0
 
 
-def run_publish(
-    channel: str,
-    data: str | bytes,
-    event: str | None = None,
-    url: str = DEFAULT_BASE_URL,
-    token: str | None = None,
-    api_key: str | None = None,
-) -> int:
-    """Publish one message and print the gateway's JSON answer; return a process exit code."""
+def run_publish(args: argparse.Namespace, send: Sender | None = None) -> int:
+    """Publish one message and print the answer; `send` replaces the HTTP request (`sse-gateway publish --redis-url`).
+
+    A sender returns the answer, `{"channel": ..., "id": ...}`, or raises GatewayClientError.
+    """
     try:
-        answer = publish(channel, data, event=event, base_url=url, token=token, api_key=api_key)
+        data = read_data(args.data)
+    except ValueError as exc:
+        return fail(args, str(exc))
+    try:
+        answer = (send or _send_http)(args, data)
     except GatewayClientError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(answer))
+        return fail(args, str(exc))
+    print_answer(answer)
     return 0
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m sse_gateway_client", description="sse-gateway client")
-    commands = parser.add_subparsers(dest="command", required=True)
-    url_help = "gateway base URL (default: $SSE_GATEWAY_URL or %(default)s)"
-
-    listen = commands.add_parser("listen", help="print events as they arrive, reconnecting")
-    listen.add_argument("channels", nargs="+", metavar="CHANNEL")
-    listen.add_argument("--url", default=_default_url(), help=url_help)
-    listen.add_argument("--last-event-id", metavar="ID", help="resume after this event id")
-    listen.add_argument("--json", action="store_true", help="print one JSON object per event")
-    add_credential_options(listen, api_key=False)
-
-    send = commands.add_parser("publish", help="publish one message")
-    send.add_argument("channel", metavar="CHANNEL")
-    send.add_argument("data", metavar="DATA", help="message body; '-' reads it from stdin")
-    send.add_argument("--event", metavar="TYPE", help="event type (default: message)")
-    send.add_argument("--url", default=_default_url(), help=url_help)
-    add_credential_options(send, api_key=True)
-    return parser
+def _send_http(args: argparse.Namespace, data: str) -> dict[str, Any]:
+    return publish(args.channel, data, event=args.event, base_url=args.url, token=args.token, api_key=args.api_key)
 
 
-def add_credential_options(parser: argparse.ArgumentParser, *, api_key: bool) -> None:
-    """--token (and --api-key), defaulting to SSE_GATEWAY_TOKEN and SSE_GATEWAY_API_KEY."""
-    parser.add_argument("--token", default=os.environ.get("SSE_GATEWAY_TOKEN"), help="JWT (default $SSE_GATEWAY_TOKEN)")
-    if api_key:
-        parser.add_argument(
-            "--api-key", default=os.environ.get("SSE_GATEWAY_API_KEY"), help="API key (default $SSE_GATEWAY_API_KEY)"
-        )
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.command == "listen":
-        return run_listen(args.channels, args.url, args.last_event_id, args.json, args.token)
-    data = sys.stdin.buffer.read() if args.data == "-" else args.data
-    return run_publish(args.channel, data, args.event, args.url, args.token, args.api_key)
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = Parser(prog="python -m sse_gateway_client", description="sse-gateway client")
+    commands = parser.add_subparsers(title="commands", required=True)
+    add_listen_command(commands)
+    add_publish_command(commands)
+    args = parser.parse_args(argv)
+    return args.run(args)
