@@ -270,3 +270,100 @@ def test_upstream_started_then_stopped_at_any_small_delay_stops_in_bounded_time_
     durations = uvloop.run(every_delay())
     slow = [(ms, round(took, 2)) for ms, took in durations if took > STOP_BOUND]
     assert not slow, f"stops that took longer than {STOP_BOUND}s, by delay in ms: {slow}"
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisProcess]:
+    """A Redis this test alone uses, so it may pause or break it."""
+    server = RedisProcess().start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.timeout(60)
+async def test_redis_silent_past_the_limit_is_dropped_and_live_events_flow_again_once_it_answers(own_redis, channel):
+    gateway = GatewayProcess(own_redis.url).start()
+    try:
+        async with open_stream(f"{gateway.url}/events/{channel}") as stream:
+            await stream.read_raw_until(b"retry:")
+            before = await publish(gateway.url, channel, "before")
+            assert (await stream.next_event()).id == before
+            own_redis.pause()  # the connection stays open and says nothing: only the silence check can tell
+            try:
+                await asyncio.to_thread(
+                    wait_until, lambda: "no reply from Redis" in gateway.log(), what="the silent connection dropped"
+                )
+            finally:
+                own_redis.resume()
+            await asyncio.to_thread(wait_until, gateway.ready, what="the gateway ready again")
+            event_id = await publish(gateway.url, channel, "after")
+            event = await stream.next_event()
+        assert (event.id, event.data) == (event_id, "after")
+        assert "redis pub/sub connection lost (no reply from Redis for 1" in gateway.log()
+    finally:
+        gateway.stop()
+
+
+@pytest.mark.timeout(60)
+async def test_a_catch_up_that_gets_a_redis_error_reconnects_and_catches_up_again(own_redis, channel):
+    gateway = GatewayProcess(own_redis.url).start()
+    redis = own_redis.client()
+    buffer, aside = f"sse:{{{channel}}}:buffer", f"sse:{{{channel}}}:aside"
+    try:
+        async with open_stream(f"{gateway.url}/events/{channel}") as stream:
+            await stream.read_raw_until(b"retry:")
+            first = await publish(gateway.url, channel, "before")
+            assert (await stream.next_event()).id == first
+            # The buffer is set aside and a string put in its place: every catch-up read of it gets WRONGTYPE.
+            redis.rename(buffer, aside)
+            redis.set(buffer, "not a stream")
+            # Stored while the connection is down (so never published): only a catch-up can deliver them.
+            second = redis.xadd(aside, {"p": first, "e": "", "d": "missed 1"}).decode()
+            third = redis.xadd(aside, {"p": second, "e": "", "d": "missed 2"}).decode()
+            redis.client_kill_filter(_type="pubsub")
+            await asyncio.to_thread(
+                wait_until, lambda: gateway.log().count("WRONGTYPE") >= 2, what="a catch-up failed, and again"
+            )
+            with redis.pipeline(transaction=True) as restore:
+                restore.delete(buffer).rename(aside, buffer).execute()
+            missed = await stream.take(2)
+            assert [(e.id, e.data) for e in missed] == [(second, "missed 1"), (third, "missed 2")]
+            await asyncio.to_thread(wait_until, gateway.ready, what="the upstream up")
+            event_id = await publish(gateway.url, channel, "live")
+            live = await stream.next_event()
+        assert (live.id, live.data) == (event_id, "live"), "nothing twice, and live again"
+        assert "catch-up of channel" not in gateway.log(), "a Redis error is the connection's, not the channel's"
+    finally:
+        gateway.stop()
+
+
+@pytest.mark.timeout(60)
+async def test_a_channel_left_while_its_subscribe_is_unanswered_ends_unsubscribed_and_still_works(own_redis, channel):
+    gateway = GatewayProcess(own_redis.url).start()
+    keeper = f"{channel}-keeper"
+    try:
+        async with open_stream(f"{gateway.url}/events/{keeper}") as kept:
+            await kept.read_raw_until(b"retry:")
+            # A message just read: the pause below stays far inside the silence limit, so the connection is kept.
+            fresh = await publish(gateway.url, keeper, "fresh")
+            assert (await kept.next_event()).id == fresh
+            own_redis.pause()
+            try:
+                # A resume needs no Redis to start, so the stream reaches its SUBSCRIBE, which Redis cannot answer.
+                async with open_stream(f"{gateway.url}/events/{channel}", last_event_id="0-0") as stream:
+                    await stream.read_raw_until(b"retry:")
+                await asyncio.to_thread(
+                    wait_until, lambda: "reason=client_left" in gateway.log(), what="the stream closed"
+                )
+                await asyncio.sleep(1.5 * UNSUBSCRIBE_DELAY)  # the unsubscribe is due now, but must wait for the answer
+            finally:
+                own_redis.resume()
+            await asyncio.to_thread(wait_until, lambda: own_redis.subscriptions(channel) == 0, what="the unsubscribe")
+            assert own_redis.subscriptions(keeper) == 1
+            assert "no reply from Redis" not in gateway.log(), "the pause outlasted the silence limit: not this path"
+            async with open_stream(f"{gateway.url}/events/{channel}") as again:
+                await again.read_raw_until(b"retry:")
+                event_id = await publish(gateway.url, channel, "live")
+                assert (await again.next_event()).id == event_id
+    finally:
+        gateway.stop()
