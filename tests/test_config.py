@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -142,3 +143,13 @@ def test_to_env_then_from_env_keeps_an_empty_key_prefix() -> None:
     # serve --workers N hands its settings to the workers through to_env/from_env: they must use the same keys.
     settings = Settings(key_prefix="", workers=2)
     assert Settings.from_env(settings.to_env()).key_prefix == ""
+
+
+def test_readme_configuration_table_has_a_row_for_every_setting_with_its_flag() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    rows = {
+        line.split("|")[1].strip(): line.split("|")[2].strip() for line in readme.splitlines() if line.startswith("| `")
+    }
+    for item in dataclasses.fields(Settings):
+        variable, flag = f"`{ENV_PREFIX}{item.name.upper()}`", f"`--{item.name.replace('_', '-')}`"
+        assert rows.get(variable) == flag, f"README's configuration table: {variable} needs a row with {flag}"
