@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import re
 import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -34,6 +38,68 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+RETRY_MS = 200  # GatewayProcess's SSE_GATEWAY_RETRY_MS
+RETRY = re.compile(rb"^retry: (\d+)$", re.MULTILINE)
+
+
+class Body:
+    """A stream's raw body, read in the background, and how it ended: cleanly (the last chunk of the response
+    came) or with the httpx error that an abrupt end raises (the peer closed mid-response)."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        self.raw = bytearray()
+        self.error: httpx.HTTPError | None = None
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        try:
+            async for chunk in self.response.aiter_raw():
+                self.raw += chunk
+        except httpx.HTTPError as exc:
+            self.error = exc
+
+    async def opening(self, timeout: float = 10.0) -> bytes:
+        """The opening frame (a comment, the retry hint, the starting id), once it has come."""
+        async with asyncio.timeout(timeout):
+            while b"\n\n" not in self.raw:
+                if self._reader.done():
+                    raise EOFError(f"the stream ended before its opening: {bytes(self.raw)!r}")
+                await asyncio.sleep(0.02)
+        return bytes(self.raw[: self.raw.index(b"\n\n") + 2])
+
+    async def ended_cleanly(self, timeout: float = 10.0) -> bool:
+        await asyncio.wait_for(asyncio.shield(self._reader), timeout)
+        return self.error is None
+
+    def shutdown_retry(self) -> int:
+        """The retry value of the drain's own frame: the one retry line after the opening frame."""
+        opening_end = self.raw.index(b"\n\n") + 2
+        values = [int(value) for value in RETRY.findall(bytes(self.raw[opening_end:]))]
+        assert len(values) == 1, f"one retry frame after the opening, not {values}: {bytes(self.raw)!r}"
+        return values[0]
+
+
+@asynccontextmanager
+async def body_of(url: str) -> AsyncIterator[Body]:
+    async with (
+        httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=30.0)) as client,
+        client.stream("GET", url, headers={"Accept": "text/event-stream"}) as response,
+    ):
+        body = Body(response)
+        try:
+            yield body
+        finally:
+            body._reader.cancel()
+
+
+def assert_drained(body: Body, opening: bytes) -> None:
+    """Ended by the drain, not by a dead process: a clean end, after a retry of its own, spread over the window."""
+    assert body.error is None, f"the response did not end cleanly: {body.error!r}"
+    assert RETRY.findall(opening) == [str(RETRY_MS).encode()], opening
+    assert RETRY_MS <= body.shutdown_retry() <= 2 * RETRY_MS
+
+
 def _embedded_server_pid(gateway: GatewayProcess) -> int:
     assert gateway.process is not None
     (pid,) = _children(gateway.process.pid)
@@ -48,16 +114,20 @@ async def test_serve_without_redis_url_starts_embedded_server_and_stops_it_on_si
     try:
         embedded = _embedded_server_pid(gateway)
         assert "embedded server" in gateway.log()
-        async with open_stream(f"{gateway.url}/events/{channel}") as stream:
-            await stream.read_raw_until(b"retry:")
+        async with body_of(f"{gateway.url}/events/{channel}") as body:
+            opening = await body.opening()
             event_id = await publish(gateway.url, channel, "via embedded redis")
-            event = await stream.next_event()
-            assert (event.id, event.data) == (event_id, "via embedded redis")
+            async with asyncio.timeout(10):
+                while b"data: via embedded redis\n\n" not in body.raw:
+                    await asyncio.sleep(0.02)
+            assert f"id: {event_id}\ndata: via embedded redis\n\n".encode() in body.raw
 
             gateway.process.send_signal(signal.SIGTERM)
-            assert await stream.ended(timeout=10), "the app ends open streams itself"
-        assert stream.parser.retry is not None and stream.parser.retry >= 200
-        await asyncio.to_thread(gateway.process.wait, 15)
+            assert await body.ended_cleanly(timeout=10), f"the app ends open streams itself: {body.error!r}"
+        assert_drained(body, opening)
+        # uvicorn re-raises the signal once it has shut down (gateway.server); the lifespan's end ran before.
+        assert await asyncio.to_thread(gateway.process.wait, 15) == -signal.SIGTERM
+        assert "Application shutdown complete" in gateway.log()
         await asyncio.to_thread(wait_until, lambda: not _alive(embedded), what="embedded server exit", timeout=10)
     finally:
         gateway.stop()
@@ -74,17 +144,20 @@ async def test_sigkilled_gateway_takes_its_embedded_server_with_it():
 async def test_sigterm_with_many_open_streams_exits_without_waiting_for_clients(redis_server, channel):
     gateway = GatewayProcess(redis_server.url).start()
     try:
-        contexts = [open_stream(f"{gateway.url}/events/{channel}-{i % 5}") for i in range(50)]
-        streams = [await context.__aenter__() for context in contexts]
-        for stream in streams:
-            await stream.read_raw_until(b"retry:")
-        gateway.process.send_signal(signal.SIGTERM)
-        # A gateway that waited on its clients would never exit, and this wait would fail.
-        code = await asyncio.to_thread(gateway.process.wait, 20)
-        assert all([await stream.ended(timeout=5) for stream in streams])
-        for context in contexts:
-            await context.__aexit__(None, None, None)
-        assert code in (0, -signal.SIGTERM)
+        async with contextlib.AsyncExitStack() as streams:
+            bodies = [
+                await streams.enter_async_context(body_of(f"{gateway.url}/events/{channel}-{i % 5}")) for i in range(50)
+            ]
+            openings = [await body.opening() for body in bodies]
+            gateway.process.send_signal(signal.SIGTERM)
+            # A gateway that waited on its clients would never exit, and this wait would fail.
+            code = await asyncio.to_thread(gateway.process.wait, 20)
+            ended = [await body.ended_cleanly(timeout=5) for body in bodies]
+        assert ended == [True] * len(bodies), [repr(body.error) for body in bodies if body.error]
+        for body, opening in zip(bodies, openings, strict=True):
+            assert_drained(body, opening)
+        assert code == -signal.SIGTERM
+        assert "timeout graceful shutdown exceeded" not in gateway.log()
         with pytest.raises(httpx.ConnectError):
             httpx.get(gateway.url + "/healthz")
     finally:
@@ -102,9 +175,14 @@ async def test_two_workers_with_embedded_server_serve_and_shut_down_together(cha
             await stream.read_raw_until(b"retry:")
             ids = [await publish(gateway.url, channel, f"m{i}") for i in range(6)]
             assert [e.id for e in await stream.take(6)] == ids
+        async with body_of(f"{gateway.url}/events/{channel}") as body:
+            opening = await body.opening()
             code = await asyncio.to_thread(gateway.terminate, 20)
-            assert await stream.ended(timeout=5)
-        assert code in (0, -signal.SIGTERM)
+            assert await body.ended_cleanly(timeout=5), repr(body.error)
+        assert_drained(body, opening)
+        # uvicorn's supervisor handles the signal itself, stops its workers and returns: serve() returns 0.
+        assert code == 0
+        assert gateway.log().count("Application shutdown complete") == 2
         await asyncio.to_thread(
             wait_until, lambda: not any(_alive(pid) for pid in children), what="workers and embedded server exit"
         )
@@ -119,11 +197,19 @@ async def test_sigterm_ends_a_stream_that_is_still_opening_while_redis_is_paused
     try:
         redis.pause()
         opening = asyncio.create_task(httpx.AsyncClient(timeout=30).get(f"{gateway.url}/events/{channel}"))
-        await asyncio.sleep(0.5)  # the stream is waiting on Redis for its starting position
+        # Logged before it asks Redis for its starting position, which it then waits for.
+        await asyncio.to_thread(
+            wait_until, lambda: f"stream opened channels={channel} " in gateway.log(), what="the stream opening"
+        )
         code = await asyncio.to_thread(gateway.terminate, 20)
-        assert code in (0, -signal.SIGTERM)
-        response = await opening
-        assert response.status_code == 200 and b"retry:" in response.content
+        assert code == -signal.SIGTERM
+        response = await opening  # an abrupt end would raise here: the body would lack its last chunk
+        assert response.status_code == 200
+        # No starting id (Redis never said), the opening retry, then the drain's own.
+        assert response.content.startswith(b": connected\nretry: 200\n\n"), response.content
+        values = [int(value) for value in RETRY.findall(response.content)]
+        assert len(values) == 2 and RETRY_MS <= values[1] <= 2 * RETRY_MS, response.content
+        assert b"id:" not in response.content
         assert "timeout graceful shutdown exceeded" not in gateway.log()
     finally:
         redis.resume()
