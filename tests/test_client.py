@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import queue
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -75,3 +78,20 @@ def test_subscription_to_a_bad_channel_raises_without_retrying(gateway):
         next(iter(subscription))
     assert caught.value.status_code == 400
     assert subscription.reconnects == 0
+
+
+def test_client_command_finds_the_gateway_through_sse_gateway_url_and_prints_one_compact_line(
+    gateway, redis_server, channel
+):
+    env = {**os.environ, "SSE_GATEWAY_URL": gateway.url, "SSE_GATEWAY_TOKEN": "", "SSE_GATEWAY_API_KEY": ""}
+    result = subprocess.run(
+        [sys.executable, "-m", "sse_gateway_client", "publish", channel, "-"],
+        input=b"from stdin\n",
+        capture_output=True,
+        timeout=30,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    ((entry_id, entry),) = redis_server.client().xrange(f"sse:{{{channel}}}:buffer")
+    assert entry[b"d"] == b"from stdin"
+    assert result.stdout == f'{{"channel":"{channel}","id":"{entry_id.decode()}"}}\n'.encode()
