@@ -10,8 +10,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from gateway.broker import PUBLISH_SCRIPT
 from gateway.cursor import channel_set, parse_cursor
-from tests.servers import GatewayProcess
+from tests.servers import GatewayProcess, RedisProcess, wait_until
 from tests.streams import open_stream, publish, publish_many
 
 
@@ -218,3 +219,68 @@ async def test_entries_missing_between_backlog_pages_give_one_gap_at_the_boundar
     data = [e.data for e in events if e.event == "message"]
     assert data == [f"m{seq}" for seq in [*range(1, 101), *range(151, 301)]]
     assert events.index(gaps[0]) == 100
+
+
+@pytest.mark.timeout(60)
+async def test_a_live_client_gets_one_gap_after_an_upstream_reconnect_when_the_buffer_was_trimmed_meanwhile(channel):
+    redis_server = RedisProcess().start()
+    gateway = GatewayProcess(redis_server.url, "--buffer-maxlen", "10").start()
+    try:
+        redis = redis_server.client()
+        async with open_stream(f"{gateway.url}/events/{channel}") as stream:
+            await stream.read_raw_until(b"retry:")
+            seen = await publish(gateway.url, channel, "seen")
+            assert (await stream.next_event()).id == seen
+            # In one transaction: the Pub/Sub connection is cut, then far more than the buffer keeps is published,
+            # so none of it arrives live and the catch-up after the reconnect finds its position trimmed away.
+            with redis.pipeline(transaction=True) as outage:
+                outage.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+                keys = [f"sse:{{{channel}}}:buffer", f"sse:{{{channel}}}"]
+                for i in range(250):
+                    outage.eval(PUBLISH_SCRIPT, 2, *keys, 10, 0, "", f"m{i}")
+                published = [entry_id.decode() for entry_id in outage.execute()[1:]]
+            kept = [entry_id.decode() for entry_id, _ in redis.xrange(f"sse:{{{channel}}}:buffer")]
+            assert kept[0] != published[0] and kept[-1] == published[-1], "the buffer was not trimmed as needed"
+            events = await stream.take(1 + len(kept))
+            live = await publish(gateway.url, channel, "live")
+            after = await stream.next_event()
+        gap, caught_up = events[0], events[1:]
+        assert gap.event == "gap"
+        assert json.loads(gap.data) == {"channel": channel, "requested": seen, "first_available": kept[0]}
+        assert [e.id for e in caught_up] == kept and all(e.event == "message" for e in caught_up)
+        assert (after.id, after.data) == (live, "live"), "one gap, then what is left, then live: nothing twice"
+    finally:
+        gateway.stop()
+        redis_server.stop()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="gateway bug: when the client leaves while Hub.attach waits for Redis, replay() still reads the backlog "
+    "for the closed stream; with Redis paused that read blocks for the 5 s socket timeout (holding the stream, and a "
+    "drain) and ends with a misleading 'stream closed: Redis is unreachable' warning",
+)
+@pytest.mark.timeout(60)
+async def test_a_stream_left_before_its_subscription_is_confirmed_reads_no_backlog(channel):
+    redis_server = RedisProcess().start()
+    gateway = GatewayProcess(redis_server.url).start()
+    keeper = f"{channel}-keeper"
+    try:
+        async with open_stream(f"{gateway.url}/events/{keeper}") as kept:
+            await kept.read_raw_until(b"retry:")
+            fresh = await publish(gateway.url, keeper, "fresh")  # the upstream has just heard from Redis
+            assert (await kept.next_event()).id == fresh
+            redis_server.pause()
+            try:
+                async with open_stream(f"{gateway.url}/events/{channel}", last_event_id="0-0") as stream:
+                    await stream.read_raw_until(b"retry:")
+                await asyncio.to_thread(
+                    wait_until, lambda: "reason=client_left" in gateway.log(), what="the stream closed"
+                )
+                log = gateway.log()  # read while Redis is still paused
+            finally:
+                redis_server.resume()
+        assert "Redis is unreachable" not in log, "the closed stream went on to read its backlog"
+    finally:
+        gateway.stop()
+        redis_server.stop()
