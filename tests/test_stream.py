@@ -11,7 +11,7 @@ import pytest
 
 from gateway.stream import STREAM_HOST, StreamHost
 from sse_gateway_client import SSEParser
-from tests.servers import GatewayProcess
+from tests.servers import GatewayProcess, RedisProcess, wait_until
 from tests.streams import open_stream, publish, publish_many, recv_until, stalled_request
 from tests.test_metrics import _value
 
@@ -163,3 +163,103 @@ async def test_stream_host_abandons_a_deferred_body_when_the_app_fails_after_it(
     with pytest.raises(RuntimeError):
         await StreamHost(app)({"type": "http", "path": "/"}, ignore, ignore)
     assert order == [("stream", "abandoned")]
+
+
+@pytest.fixture
+def conflating_gateway(redis_server) -> Iterator[GatewayProcess]:
+    env = {
+        "SSE_GATEWAY_CONFLATE_CHANNELS": "*-prices",
+        "SSE_GATEWAY_CLIENT_BUFFER_EVENTS": "16",
+        "SSE_GATEWAY_CLIENT_BUFFER_BYTES": "262144",
+    }
+    process = GatewayProcess(redis_server.url, env=env).start()
+    yield process
+    process.stop()
+
+
+@pytest.mark.timeout(90)
+async def test_a_stalled_client_of_a_conflated_channel_gets_the_newest_event_instead_of_being_evicted(
+    conflating_gateway, channel
+):
+    gateway, prices = conflating_gateway, f"{channel}-prices"
+    client = stalled_request(gateway.port, f"/events/{prices}")
+    raw = bytearray()
+    await asyncio.to_thread(recv_until, client, b"retry:", raw)
+    probe = await publish(gateway.url, prices, "probe")
+    await asyncio.to_thread(recv_until, client, b"data: probe\n\n", raw)  # live now; from here it reads nothing
+    # About 10 MB, far more than the sockets hold and than its buffer of 16 events: a client that is not conflated
+    # would be evicted (see the first test of this module).
+    ids = await publish_many(gateway.url, prices, [f"{i:04d}:" + "x" * 16000 for i in range(600)])
+    newest = await publish(gateway.url, prices, "the newest")
+    await asyncio.to_thread(recv_until, client, b"data: the newest\n\n", raw)
+    after = await publish(gateway.url, prices, "after")
+    await asyncio.to_thread(recv_until, client, b"data: after\n\n", raw)  # still connected
+    client.close()
+
+    received = [e.id for e in SSEParser().feed(_dechunk(bytes(raw))) if e.data]
+    assert received[0] == probe and received[-2:] == [newest, after]
+    assert len(received) < len(ids) + 3, "it skipped intermediate values (else the test never made it fall behind)"
+    assert set(received) <= {probe, *ids, newest, after}
+    assert received == sorted(received, key=lambda i: tuple(map(int, i.split("-")))), "ids only grow"
+    assert "reason=overflow" not in gateway.log() and "reason=stalled" not in gateway.log()
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisProcess]:
+    """A Redis this test alone uses, so it may kill it (with AOF, so the buffer survives a restart)."""
+    server = RedisProcess(appendonly=True).start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.timeout(60)
+async def test_a_stream_opened_while_redis_is_down_ends_at_once_and_the_next_one_works_once_redis_is_back(
+    own_redis, channel
+):
+    gateway = GatewayProcess(own_redis.url).start()
+    try:
+        own_redis.kill()
+        async with open_stream(f"{gateway.url}/events/{channel}") as stream:
+            assert await stream.ended(timeout=20), "the gateway ended the stream"
+        # A 200 that ends (a client retries it; a 5xx would stop a browser for good), with no position: none is known.
+        assert stream.response.status_code == 200
+        assert stream.raw == b": connected\nretry: 200\n\n"
+        assert "reason=redis_unavailable" in gateway.log()
+
+        own_redis.start()
+        await asyncio.to_thread(wait_until, gateway.ready, what="the gateway ready again")
+        async with open_stream(f"{gateway.url}/events/{channel}") as stream:
+            await stream.read_raw_until(b"retry:")
+            event_id = await publish(gateway.url, channel, "once Redis is back")
+            assert (await stream.next_event()).id == event_id
+    finally:
+        gateway.stop()
+
+
+@pytest.mark.timeout(90)
+async def test_redis_killed_during_a_long_replay_ends_the_stream_cleanly_and_the_resume_is_exact(own_redis, channel):
+    gateway = GatewayProcess(own_redis.url).start()
+    try:
+        # About 16 MB of backlog: far more than the sockets hold, so the replay cannot end before the client reads.
+        ids = await publish_many(gateway.url, channel, [f"{i:04d}:" + "x" * 16000 for i in range(1000)])
+        client = stalled_request(gateway.port, f"/events/{channel}?lastEventId=0-0")
+        raw = bytearray()
+        await asyncio.to_thread(recv_until, client, b"data: 0000:", raw)  # the replay is under way; stop reading
+        own_redis.kill()
+        raw += await asyncio.to_thread(_read_to_end, client)  # the stream ends: recv reached EOF
+        client.close()
+        got = [e for e in SSEParser().feed(_dechunk(bytes(raw))) if e.data]
+        assert 0 < len(got) < len(ids), "the replay was cut off by the failure"
+        assert [e.id for e in got] == ids[: len(got)], "what it got is a clean prefix"
+        assert "reason=redis_unavailable" in gateway.log()
+
+        own_redis.start()
+        await asyncio.to_thread(wait_until, gateway.ready, what="the gateway ready again")
+        async with open_stream(f"{gateway.url}/events/{channel}", last_event_id=got[-1].id) as resumed:
+            rest = await resumed.take(len(ids) - len(got), timeout=20)
+            live = await publish(gateway.url, channel, "live")
+            assert (await resumed.next_event()).id == live, "nothing twice"
+        assert [e.id for e in rest] == ids[len(got) :]
+        assert "stream failed" not in gateway.log()
+    finally:
+        gateway.stop()
