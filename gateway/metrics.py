@@ -24,6 +24,9 @@ from starlette.responses import Response
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 OPEN_STREAMS = Gauge("sse_open_streams", "SSE streams open now", multiprocess_mode="livesum")
+HTTP_CONNECTIONS = Gauge(
+    "sse_http_connections", "HTTP connections open now, streams or not", multiprocess_mode="livesum"
+)
 STREAMS_CLOSED = Counter("sse_streams_closed_total", "SSE streams ended, by reason", ["reason"])
 MESSAGES_IN = Counter("sse_messages_in_total", "Events received from Redis (live and catch-up)")
 FRAMES_OUT = Counter("sse_frames_out_total", "Event frames written to clients (backlog included)")
