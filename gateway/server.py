@@ -14,6 +14,7 @@ from gateway.app import create_app
 from gateway.auth import Authenticator
 from gateway.config import Settings
 from gateway.embedded import EmbeddedServer
+from gateway.http_limits import HttpLimits, protocol_for
 from gateway.metrics import MULTIPROCESS_DIR
 from gateway.stream import StreamHost
 
@@ -52,6 +53,13 @@ def serve(settings: Settings, *, demo: bool = False) -> int:
         log_config=None,  # keep the logging set up above, for uvicorn's own lines too
         # A backstop only: the app ends its streams itself on SIGTERM (see gateway.app).
         timeout_graceful_shutdown=settings.shutdown_grace,
+        http=protocol_for(
+            HttpLimits(
+                max_head_bytes=settings.max_request_head_bytes,
+                request_timeout=settings.request_timeout,
+                max_connections=settings.max_http_connections,
+            )
+        ),
     )
     try:
         if settings.workers > 1:
