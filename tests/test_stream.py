@@ -240,8 +240,8 @@ async def test_a_stream_opened_while_redis_is_down_ends_at_once_and_the_next_one
 async def test_redis_killed_during_a_long_replay_ends_the_stream_cleanly_and_the_resume_is_exact(own_redis, channel):
     gateway = GatewayProcess(own_redis.url).start()
     try:
-        # About 16 MB of backlog: far more than the sockets hold, so the replay cannot end before the client reads.
-        ids = await publish_many(gateway.url, channel, [f"{i:04d}:" + "x" * 16000 for i in range(1000)])
+        # About 10 MB of backlog: far more than the sockets hold, so the replay cannot end before the client reads.
+        ids = await publish_many(gateway.url, channel, [f"{i:04d}:" + "x" * 16000 for i in range(600)])
         client = stalled_request(gateway.port, f"/events/{channel}?lastEventId=0-0")
         raw = bytearray()
         await asyncio.to_thread(recv_until, client, b"data: 0000:", raw)  # the replay is under way; stop reading
