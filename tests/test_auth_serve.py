@@ -3,6 +3,7 @@ reach the log, minted tokens are accepted, and an exposed gateway without keys r
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -13,6 +14,8 @@ from pathlib import Path
 import httpx
 import jwt
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from gateway.broker import PUBLISH_SCRIPT
 from sse_gateway_client import SSEParser
@@ -233,3 +236,33 @@ def test_gateway_that_starts_says_whether_auth_is_off(args, env, warning, redis_
     else:
         assert warning in log
         assert (anonymous.status_code, keyed.status_code) == (201, 201)
+
+
+def _serve_refused(env: dict[str, str], *args: str) -> tuple[int, list[str]]:
+    """``sse-gateway serve`` that must refuse to start: its exit code and output lines, within a bounded time."""
+    command = [sys.executable, "-m", "gateway", "serve", "--port", "0", "--redis-url", "redis://127.0.0.1:1/0", *args]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=30, env={**os.environ, **NO_KEYS, **env})
+    return result.returncode, (result.stdout + result.stderr).splitlines()
+
+
+def _ed25519_public_key(directory: Path) -> Path:
+    path = directory / "ed25519.pub.pem"
+    key = ed25519.Ed25519PrivateKey.generate().public_key()
+    path.write_bytes(key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    return path
+
+
+@pytest.mark.parametrize("problem", ["missing", "a-directory", "ed25519"])
+def test_a_public_key_file_that_cannot_be_used_refuses_to_start_with_one_clear_line(problem, tmp_path):
+    # As root a file's mode does not stop a read, so "unreadable" is a path that is missing or is a directory.
+    path = {
+        "missing": tmp_path / "no-such-key.pem",
+        "a-directory": tmp_path,
+        "ed25519": _ed25519_public_key(tmp_path),
+    }[problem]
+    code, lines = _serve_refused({"SSE_GATEWAY_JWT_PUBLIC_KEY_FILE": str(path)})
+    assert code == 2, lines
+    assert len(lines) == 1 and "ERROR gateway.server: not starting: " in lines[0], lines
+    assert str(path) in lines[0], "the message names the file"
+    if problem == "ed25519":
+        assert "only RSA (RS256) and EC P-256 (ES256) public keys are supported" in lines[0]

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -215,3 +218,61 @@ async def test_sigterm_ends_a_stream_that_is_still_opening_while_redis_is_paused
         redis.resume()
         gateway.stop()
         redis.stop()
+
+
+async def _drain_by_signal(gateway: GatewayProcess, channel: str, sig: signal.Signals) -> int:
+    """Open a few streams, send ``sig``, check each was drained; the exit code."""
+    assert gateway.process is not None
+    async with contextlib.AsyncExitStack() as streams:
+        bodies = [await streams.enter_async_context(body_of(f"{gateway.url}/events/{channel}-{i}")) for i in range(5)]
+        openings = [await body.opening() for body in bodies]
+        gateway.process.send_signal(sig)
+        code = await asyncio.to_thread(gateway.process.wait, 20)
+        ended = [await body.ended_cleanly(timeout=5) for body in bodies]
+    assert ended == [True] * len(bodies), [repr(body.error) for body in bodies if body.error]
+    for body, opening in zip(bodies, openings, strict=True):
+        assert_drained(body, opening)
+    return code
+
+
+@pytest.mark.timeout(60)
+async def test_sigint_drains_open_streams_as_sigterm_does_and_the_process_exits(redis_server, channel):
+    gateway = GatewayProcess(redis_server.url).start()
+    try:
+        code = await _drain_by_signal(gateway, channel, signal.SIGINT)
+        # uvicorn re-raises SIGINT after its shutdown; Python then ends by that signal.
+        assert code == -signal.SIGINT
+        log = gateway.log()
+        assert "Application shutdown complete" in log and "timeout graceful shutdown exceeded" not in log
+    finally:
+        gateway.stop()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.xfail(
+    strict=True,
+    reason="gateway bug: the KeyboardInterrupt that uvicorn re-raises after a clean Ctrl-C shutdown escapes "
+    "gateway.cli.main and prints a traceback",
+)
+async def test_sigint_ends_the_process_without_a_traceback(redis_server, channel):
+    gateway = GatewayProcess(redis_server.url).start()
+    try:
+        await _drain_by_signal(gateway, channel, signal.SIGINT)
+        assert "Traceback" not in gateway.log(), gateway.log()[-2000:]
+    finally:
+        gateway.stop()
+
+
+@pytest.mark.parametrize("where", ["flag", "environment"])
+def test_a_bad_log_format_refuses_to_start_with_one_line_and_exit_code_2(where):
+    command = [sys.executable, "-m", "gateway", "serve", "--port", "0", "--redis-url", "redis://127.0.0.1:1/0"]
+    env = dict(os.environ)
+    if where == "flag":
+        command += ["--log-format", "yaml"]
+    else:
+        env["SSE_GATEWAY_LOG_FORMAT"] = "yaml"
+    result = subprocess.run(command, capture_output=True, text=True, timeout=30, env=env)
+    lines = (result.stdout + result.stderr).splitlines()
+    assert result.returncode == 2, lines
+    assert len(lines) == 1 and "'yaml' is not one of text, json" in lines[0], lines
+    assert lines[0].startswith("sse-gateway serve: "), lines
