@@ -83,7 +83,9 @@ class Hub:
             return
         closed = asyncio.ensure_future(subscriber.until_closed())
         try:
-            confirmed = asyncio.gather(*pending)
+            # return_exceptions: when the client leaves first, the cancelled waits are the gather's result, not an
+            # error that nobody retrieves (asyncio would log it).
+            confirmed = asyncio.gather(*pending, return_exceptions=True)
             done, _ = await asyncio.wait({confirmed, closed}, timeout=SUBSCRIBE_TIMEOUT, return_when="FIRST_COMPLETED")
             if not done:
                 raise RedisUnavailable("Redis did not confirm the subscription in time")

@@ -51,6 +51,8 @@ async def start_positions(
 async def replay(hub: Hub, subscriber: Subscriber, send: Callable[[bytes], Awaitable[None]]) -> None:
     """Steps 1-3 above. Raises RedisUnavailable if Redis fails meanwhile."""
     await hub.attach(subscriber)
+    if subscriber.close_reason is not None:
+        return  # it left while Redis was being waited on: no backlog to read for it
     for channel in subscriber.channels:
         position = subscriber.positions[channel]
         pages = 0

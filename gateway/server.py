@@ -84,7 +84,10 @@ def serve(settings: Settings, *, demo: bool = False) -> int:
                 log.info("demo running: open http://%s/demo/ in a browser", address)
             else:
                 log.info("listening on http://%s (Ctrl-C to stop)", address)
-            server.run(sockets=[listener])
+            try:
+                server.run(sockets=[listener])
+            except KeyboardInterrupt:  # re-raised by uvicorn after a clean shutdown on Ctrl-C, as uvicorn.run ends
+                pass
             if not server.started:
                 return EXIT_STARTUP_FAILED
     finally:

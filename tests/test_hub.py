@@ -69,11 +69,6 @@ async def test_a_subscription_redis_does_not_confirm_ends_the_stream_and_the_cli
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway bug: Hub.attach cancels the gathered confirmations when the client leaves but never retrieves "
-    "the gather's CancelledError, so asyncio logs '_GatheringFuture exception was never retrieved' with a traceback",
-)
 @pytest.mark.timeout(60)
 async def test_a_client_leaving_while_its_subscription_is_unconfirmed_logs_no_error(own_redis, own_gateway, channel):
     gateway = own_gateway

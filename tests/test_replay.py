@@ -254,12 +254,6 @@ async def test_a_live_client_gets_one_gap_after_an_upstream_reconnect_when_the_b
         redis_server.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway bug: when the client leaves while Hub.attach waits for Redis, replay() still reads the backlog "
-    "for the closed stream; with Redis paused that read blocks for the 5 s socket timeout (holding the stream, and a "
-    "drain) and ends with a misleading 'stream closed: Redis is unreachable' warning",
-)
 @pytest.mark.timeout(60)
 async def test_a_stream_left_before_its_subscription_is_confirmed_reads_no_backlog(channel):
     redis_server = RedisProcess().start()

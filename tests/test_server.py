@@ -249,11 +249,6 @@ async def test_sigint_drains_open_streams_as_sigterm_does_and_the_process_exits(
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway bug: the KeyboardInterrupt that uvicorn re-raises after a clean Ctrl-C shutdown escapes "
-    "gateway.cli.main and prints a traceback",
-)
 async def test_sigint_ends_the_process_without_a_traceback(redis_server, channel):
     gateway = GatewayProcess(redis_server.url).start()
     try:
