@@ -8,7 +8,7 @@
     ├── TooManyRequests          429  rate_limited (with Retry-After)
     └── RedisUnavailable         503  redis_unavailable
 
-The JSON body is always ``{"error": <code>, "detail": <human sentence>}``.
+The JSON body is always ``{"error": <code>, "detail": <human sentence>}``, on one line ending in a newline.
 """
 
 from __future__ import annotations
@@ -16,6 +16,14 @@ from __future__ import annotations
 import math
 
 from starlette.responses import JSONResponse
+
+
+class JSONLine(JSONResponse):
+    """A JSON answer on one line with a newline after it, so that `curl` leaves the shell's prompt on a line of its
+    own and a script can read answers line by line."""
+
+    def render(self, content: object) -> bytes:
+        return super().render(content) + b"\n"
 
 
 class GatewayError(Exception):
@@ -28,7 +36,7 @@ class GatewayError(Exception):
         if code is not None:
             self.code = code
 
-    def response(self) -> JSONResponse:
+    def response(self) -> JSONLine:
         return error_response(self.status_code, self.code, self.detail)
 
 
@@ -41,7 +49,7 @@ class Unauthorized(GatewayError):
     status_code = 401
     code = "unauthorized"
 
-    def response(self) -> JSONResponse:
+    def response(self) -> JSONLine:
         response = super().response()
         response.headers["WWW-Authenticate"] = 'Bearer realm="sse-gateway"'
         return response
@@ -65,7 +73,7 @@ class TooManyRequests(GatewayError):
         super().__init__(detail)
         self.retry_after = retry_after
 
-    def response(self) -> JSONResponse:
+    def response(self) -> JSONLine:
         response = super().response()
         response.headers["Retry-After"] = str(max(1, math.ceil(self.retry_after)))
         return response
@@ -76,5 +84,5 @@ class RedisUnavailable(GatewayError):
     code = "redis_unavailable"
 
 
-def error_response(status_code: int, code: str, detail: str) -> JSONResponse:
-    return JSONResponse({"error": code, "detail": detail}, status_code=status_code)
+def error_response(status_code: int, code: str, detail: str) -> JSONLine:
+    return JSONLine({"error": code, "detail": detail}, status_code=status_code)

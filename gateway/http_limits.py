@@ -52,7 +52,7 @@ def protocol_for(limits: HttpLimits) -> Any:
 
 
 def _refusal(status: bytes, code: str, detail: str, extra: bytes = b"") -> bytes:
-    body = json.dumps({"error": code, "detail": detail}).encode()
+    body = json.dumps({"error": code, "detail": detail}, separators=(",", ":")).encode() + b"\n"  # as errors.JSONLine
     return (
         b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\ncontent-length: %d\r\n" % len(body)
         + extra + b"connection: close\r\n\r\n" + body

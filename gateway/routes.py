@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.responses import RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from gateway.config import Settings
 from gateway.cursor import channel_set, parse_cursor
-from gateway.errors import BadRequest, PayloadTooLarge, RedisUnavailable, error_response
+from gateway.errors import BadRequest, JSONLine, PayloadTooLarge, RedisUnavailable, error_response
 from gateway.hub import Hub
 from gateway.metrics import PUBLISH_SECONDS, PUBLISHES, metrics
 from gateway.naming import validate_channel
@@ -69,11 +69,11 @@ async def publish(request: Request) -> Response:
         PUBLISHES.labels("redis_unavailable").inc()
         raise
     PUBLISHES.labels("published").inc()
-    return JSONResponse({"channel": channel, "id": event_id}, status_code=201)
+    return JSONLine({"channel": channel, "id": event_id}, status_code=201)
 
 
 async def healthz(request: Request) -> Response:
-    return JSONResponse({"status": "ok"})
+    return JSONLine({"status": "ok"})
 
 
 async def readyz(request: Request) -> Response:
@@ -82,7 +82,7 @@ async def readyz(request: Request) -> Response:
         return error_response(503, "draining", "the gateway is shutting down")
     if not hub.upstream.connected.is_set() or not await hub.broker.ping():
         return RedisUnavailable("Redis is unreachable").response()
-    return JSONResponse({"status": "ready"})
+    return JSONLine({"status": "ready"})
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
