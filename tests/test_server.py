@@ -240,8 +240,9 @@ async def test_sigint_drains_open_streams_as_sigterm_does_and_the_process_exits(
     gateway = GatewayProcess(redis_server.url).start()
     try:
         code = await _drain_by_signal(gateway, channel, signal.SIGINT)
-        # uvicorn re-raises SIGINT after its shutdown; Python then ends by that signal.
-        assert code == -signal.SIGINT
+        # uvicorn re-raises SIGINT after its shutdown as a KeyboardInterrupt, which serve ends quietly on, as
+        # uvicorn.run does: a clean Ctrl-C exits 0.
+        assert code == 0
         log = gateway.log()
         assert "Application shutdown complete" in log and "timeout graceful shutdown exceeded" not in log
     finally:
