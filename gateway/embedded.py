@@ -86,7 +86,8 @@ class EmbeddedServer:
             )
         except OSError as exc:
             self.stop()
-            raise EmbeddedServerError(f"embedded server {self.binary.path} cannot be run: {exc.strerror or exc}") from None
+            reason = exc.strerror or exc
+            raise EmbeddedServerError(f"embedded server {self.binary.path} cannot be run: {reason}") from None
         deadline = time.monotonic() + timeout
         while not _answers_ping(self.socket_path):
             if self._process.poll() is not None or time.monotonic() > deadline:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -89,10 +90,10 @@ def serve(settings: Settings, *, demo: bool = False) -> int:
                 log.info("demo running: open http://%s/demo/ in a browser", address)
             else:
                 log.info("listening on http://%s (Ctrl-C to stop)", address)
-            try:
+            # uvicorn re-raises a Ctrl-C as KeyboardInterrupt after its clean shutdown: ended quietly, as uvicorn.run
+            # does (exit 0).
+            with contextlib.suppress(KeyboardInterrupt):
                 server.run(sockets=[listener])
-            except KeyboardInterrupt:  # re-raised by uvicorn after a clean shutdown on Ctrl-C, as uvicorn.run ends
-                pass
             if not server.started:
                 return EXIT_STARTUP_FAILED
     finally:
