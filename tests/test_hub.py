@@ -1,12 +1,18 @@
-"""The hub against real processes: a subscription that Redis does not confirm in time ends the stream cleanly."""
+"""The hub against real processes: a subscription Redis does not confirm in time ends the stream cleanly; one
+stream's failing tick leaves the others' heartbeats going."""
 
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Iterator
 
 import pytest
 
+from gateway.broker import Broker, connect
+from gateway.config import Settings
+from gateway.hub import Hub
+from gateway.subscriber import HEARTBEAT, Subscriber
 from tests.servers import GatewayProcess, RedisProcess, wait_until
 from tests.streams import open_stream, publish
 
@@ -84,3 +90,34 @@ async def test_a_client_leaving_while_its_subscription_is_unconfirmed_logs_no_er
         finally:
             own_redis.resume()
     assert "Traceback" not in gateway.log()
+
+
+class _TickFails(Subscriber):
+    def tick(self, now: float, wall: float) -> None:
+        raise RuntimeError("this stream's tick fails")
+
+
+async def test_one_stream_whose_tick_raises_does_not_stop_the_heartbeats_of_the_others(redis_server, caplog):
+    client = connect(redis_server.url)
+    hub = Hub(Broker(client, Settings(key_prefix=f"h{uuid.uuid4().hex[:8]}:")), redis_server.url, tick=0.02)
+    failing = _TickFails(["failing"], max_events=10, max_bytes=10**6)
+    healthy = Subscriber(["healthy"], max_events=10, max_bytes=10**6, heartbeat=0.01)
+    healthy.start_at({"healthy": (0, 0)})
+    healthy.go_live()
+    await hub.start()
+    try:
+        hub.open(failing)  # first in, so the loop meets it before the healthy one
+        hub.open(healthy)
+        beats = []
+        async with asyncio.timeout(10):  # three heartbeats, each taken as a writer would, so the next is due
+            while len(beats) < 3:
+                if frames := healthy.take():
+                    beats.append(frames)
+                await asyncio.sleep(0.01)
+        assert set(beats) == {HEARTBEAT}
+        failed = [record for record in caplog.records if record.getMessage() == "tick failed for a stream of failing"]
+        assert len(failed) >= 3 and all(record.exc_info for record in failed)
+        assert hub._ticker is not None and not hub._ticker.done()
+    finally:
+        await hub.stop()
+        await client.aclose()
