@@ -1,9 +1,9 @@
-"""What gateway.http_limits costs per request: one gateway with the limits on, one with them off, the same wrk load.
+"""What gateway.http.protocol costs per request: one gateway with the limits on, one with them off, the same wrk load.
 
     .venv/bin/python -m bench.http_limits                # 3 rounds of 5 s each, interleaved
     .venv/bin/python -m bench.http_limits --rounds 5 --seconds 10
 
-"Off" sets the three limits to 0, which serves with uvicorn's plain httptools protocol (gateway.http_limits
+"Off" sets the three limits to 0, which serves with uvicorn's plain httptools protocol (gateway.http.protocol
 ``protocol_for``). The load is wrk with 16 keep-alive connections on ``/healthz``, the cheapest route, where a fixed
 cost per request shows the most. Each round reports requests per second and the gateway's CPU per request (utime +
 stime from /proc); compare the ratio of the medians, since the machine is shared.

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.embedded import find_server_binary
+from gateway.brokers.embedded import find_server_binary
 
 REPO = Path(__file__).resolve().parent.parent
 NCHAN_MODULE = "/usr/lib/nginx/modules/ngx_nchan_module.so"

@@ -14,9 +14,9 @@ import json
 
 import redis
 
-from gateway.broker import PUBLISH_SCRIPT
+from gateway.brokers.naming import Naming
+from gateway.brokers.single import PUBLISH_SCRIPT
 from gateway.config import Settings
-from gateway.naming import Naming
 from tests.servers import RedisProcess
 
 PIPELINE = 1000

@@ -16,17 +16,17 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.access_log import AccessLog
-from gateway.auth import Authenticator
-from gateway.broker import Broker, connect
+from gateway.brokers.single import Broker, connect
 from gateway.config import Settings, split_list
 from gateway.demo import DemoPublisher
 from gateway.errors import GatewayError, error_response
-from gateway.hub import Hub
-from gateway.limits import PublishRate
+from gateway.fanout.hub import Hub
+from gateway.http.access_log import AccessLog
+from gateway.http.publish_rate import PublishRate
+from gateway.http.routes import routes
+from gateway.http.stream import StreamHost
 from gateway.metrics import process_exited
-from gateway.routes import routes
-from gateway.stream import StreamHost
+from gateway.security.auth import Authenticator
 
 log = logging.getLogger("gateway.app")
 

@@ -153,8 +153,8 @@ def _publish_to_redis(args: argparse.Namespace, data: str) -> dict[str, Any]:
 async def _publish_with_broker(
     url: str, settings: Settings, channel: str, data: str, event: str | None
 ) -> dict[str, Any]:
-    from gateway.broker import Broker, connect
-    from gateway.naming import validate_channel
+    from gateway.brokers.naming import validate_channel
+    from gateway.brokers.single import Broker, connect
 
     client = connect(url)
     try:
@@ -165,7 +165,7 @@ async def _publish_with_broker(
 
 
 def _token(args: argparse.Namespace) -> int:
-    from gateway.tokens import mint
+    from gateway.security.tokens import mint
 
     try:
         print(

@@ -42,7 +42,7 @@ class Settings:
     publish_rate: float = setting(0.0, "publishes a second per client IP (0: no limit)")
     publish_burst: int = setting(50, "burst of publishes allowed above the publish rate")
     max_body_bytes: int = setting(1024 * 1024, "largest publish body")
-    # Bounds on what a client can hold before it is a stream (see gateway.http_limits); 0 turns one off.
+    # Bounds on what a client can hold before it is a stream (see gateway.http.protocol); 0 turns one off.
     max_request_head_bytes: int = setting(16 * 1024, "longest request line and headers; past it a 431 (0: no limit)")
     request_timeout: float = setting(10.0, "seconds a client has to send its whole request, head and body (0: none)")
     max_http_connections: int = setting(12_000, "open connections per process, streams or not; past it a 503 (0: none)")

@@ -8,7 +8,7 @@ import logging
 import random
 import time
 
-from gateway.broker import Broker
+from gateway.brokers.single import Broker
 from gateway.errors import GatewayError
 from gateway.tasks import stop_tasks
 

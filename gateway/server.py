@@ -12,12 +12,12 @@ import uvicorn
 
 from gateway import logs
 from gateway.app import create_app
-from gateway.auth import Authenticator
+from gateway.brokers.embedded import EmbeddedServer, EmbeddedServerError
 from gateway.config import Settings
-from gateway.embedded import EmbeddedServer, EmbeddedServerError
-from gateway.http_limits import HttpLimits, protocol_for
+from gateway.http.protocol import HttpLimits, protocol_for
+from gateway.http.stream import StreamHost
 from gateway.metrics import MULTIPROCESS_DIR
-from gateway.stream import StreamHost
+from gateway.security.auth import Authenticator
 
 log = logging.getLogger("gateway.server")
 
@@ -54,7 +54,7 @@ def serve(settings: Settings, *, demo: bool = False) -> int:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        # The app logs requests itself, with tokens in query strings redacted (gateway.access_log).
+        # The app logs requests itself, with tokens in query strings redacted (gateway.http.access_log).
         access_log=False,
         log_config=None,  # keep the logging set up above, for uvicorn's own lines too
         # A backstop only: the app ends its streams itself on SIGTERM (see gateway.app).

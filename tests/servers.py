@@ -17,8 +17,8 @@ from pathlib import Path
 import httpx
 import redis
 
-from gateway.broker import PUBLISH_SCRIPT
-from gateway.embedded import find_server_binary
+from gateway.brokers.embedded import find_server_binary
+from gateway.brokers.single import PUBLISH_SCRIPT
 
 
 def free_port() -> int:

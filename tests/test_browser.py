@@ -19,7 +19,7 @@ import pytest
 from playwright.sync_api import Page
 
 from gateway.cursor import channel_set, parse_cursor, parse_stream_id
-from gateway.tokens import mint
+from gateway.security.tokens import mint
 from tests.servers import GatewayProcess, RedisProcess
 
 SECRET = "browser-tests-secret-0123456789abcdef"

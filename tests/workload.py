@@ -15,7 +15,7 @@ import uuid
 import httpx
 import redis.asyncio as aioredis
 
-from gateway.broker import PUBLISH_SCRIPT
+from gateway.brokers.single import PUBLISH_SCRIPT
 from tests.invariants import Checker, Report, SubscriberLog
 from tests.servers import GatewayProcess, RedisProcess
 from tests.subscribers import ResumingSubscriber, new_stream_client

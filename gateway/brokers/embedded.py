@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-log = logging.getLogger("gateway.embedded")
+log = logging.getLogger("gateway.brokers.embedded")
 
 _PR_SET_PDEATHSIG = 1
 

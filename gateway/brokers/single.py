@@ -12,15 +12,15 @@ from importlib import resources
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from gateway.brokers.naming import Naming
 from gateway.config import Settings
 from gateway.cursor import MAX_STREAM_ID, ZERO, StreamId, format_stream_id, parse_stream_id
 from gateway.errors import BadRequest, RedisUnavailable
-from gateway.naming import Naming
 from gateway.sse import event_type_problem
 
-log = logging.getLogger("gateway.broker")
+log = logging.getLogger("gateway.brokers.single")
 
-PUBLISH_SCRIPT = resources.files("gateway").joinpath("publish.lua").read_text()
+PUBLISH_SCRIPT = resources.files("gateway.brokers").joinpath("publish.lua").read_text()
 # Entries read per XRANGE: each page is written to the client before the next is read, bounding its memory.
 BACKLOG_PAGE = 100
 

@@ -20,14 +20,14 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
-from gateway.broker import tcp_options
+from gateway.brokers.naming import Naming
+from gateway.brokers.single import tcp_options
 from gateway.errors import RedisUnavailable
 from gateway.events import Event, decode_pubsub
 from gateway.metrics import MESSAGES_IN, REDIS_RECONNECTS
-from gateway.naming import Naming
 from gateway.tasks import stop_task, stop_tasks
 
-log = logging.getLogger("gateway.upstream")
+log = logging.getLogger("gateway.brokers.upstream")
 
 # A connection that has been silent this long is pinged; one silent twice as long is taken for dead. This catches
 # half-open sockets that a blocking read would wait on for ever.

@@ -4,12 +4,12 @@ For every body message uvicorn's ``send`` builds an HTTP/1.1 chunk and writes it
 coroutine, the message dict and the checks around it cost as much Python as the write itself, and a gateway makes
 one such write per client per event. So when the response is uvicorn's own (httptools) cycle, sending chunked, the
 flusher writes the chunk itself while the transport takes writes, and goes through ``send`` for anything else: a
-transport that is pushing back (``send`` then waits, see gateway.flusher), the last chunk, other servers.
+transport that is pushing back (``send`` then waits, see gateway.fanout.flusher), the last chunk, other servers.
 
 This reads uvicorn's connection state (``disconnected``, ``flow.write_paused``, ``transport``), which is not part of
 ASGI: ``for_send`` checks the class and the attributes and gives up (returns None) on anything unexpected, and
-tests/test_fastpath.py runs it under the installed uvicorn. Without it the flusher still works with any server whose
-``send`` can run outside the request's task (uvicorn's h11 protocol, for one), stepping it by hand.
+tests/fanout/test_fastpath.py runs it under the installed uvicorn. Without it the flusher still works with any server
+whose ``send`` can run outside the request's task (uvicorn's h11 protocol, for one), stepping it by hand.
 """
 
 from __future__ import annotations

@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING
 from gateway.metrics import FANOUT_LAG_SECONDS, FRAMES_OUT
 
 if TYPE_CHECKING:
-    from gateway.subscriber import Subscriber
+    from gateway.fanout.subscriber import Subscriber
 
-log = logging.getLogger("gateway.flusher")
+log = logging.getLogger("gateway.fanout.flusher")
 
 # About a millisecond of writes: short enough for the loop to read publishes in between, long enough to amortise.
 SLICE = 16

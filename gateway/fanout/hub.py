@@ -2,7 +2,7 @@
 
 There is one upstream subscription per channel per process, however many clients listen to it. Delivery calls
 ``Subscriber.offer`` for each subscriber, which never waits, so one slow client cannot delay the others; the hub's
-flusher then writes what was queued (see gateway.flusher).
+flusher then writes what was queued (see gateway.fanout.flusher).
 """
 
 from __future__ import annotations
@@ -11,17 +11,17 @@ import asyncio
 import logging
 import time
 
-from gateway.broker import Broker
+from gateway.brokers.single import Broker
+from gateway.brokers.upstream import Upstream
 from gateway.errors import RedisUnavailable
 from gateway.events import Event
-from gateway.flusher import Flusher
+from gateway.fanout.flusher import Flusher
+from gateway.fanout.replay import catch_up
+from gateway.fanout.subscriber import Subscriber
 from gateway.metrics import EVICTIONS
-from gateway.replay import catch_up
-from gateway.subscriber import Subscriber
 from gateway.tasks import stop_task
-from gateway.upstream import Upstream
 
-log = logging.getLogger("gateway.hub")
+log = logging.getLogger("gateway.fanout.hub")
 
 SUBSCRIBE_TIMEOUT = 5.0
 

@@ -16,13 +16,13 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from gateway.broker import Broker, Entry, previous_id
+from gateway.brokers.single import Broker, Entry, previous_id
 from gateway.cursor import ZERO, StreamId, parse_stream_id
 from gateway.events import from_stream_entry
-from gateway.subscriber import Subscriber
+from gateway.fanout.subscriber import Subscriber
 
 if TYPE_CHECKING:
-    from gateway.hub import Hub
+    from gateway.fanout.hub import Hub
 
 
 def trimmed_after(position: StreamId, first: Entry) -> StreamId | None:

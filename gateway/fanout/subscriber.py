@@ -2,8 +2,8 @@
 
 The hub calls ``offer`` for every event of the client's channels. ``offer`` never waits: it appends the frame to the
 buffer and, once the stream is live, marks the subscriber due for the flusher, which writes the buffer in one go
-(see gateway.flusher). A client whose buffer passes its bounds is closed (it resumes later with Last-Event-ID) rather
-than allowed to slow anyone else down.
+(see gateway.fanout.flusher). A client whose buffer passes its bounds is closed (it resumes later with Last-Event-ID)
+rather than allowed to slow anyone else down.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from collections.abc import Callable, Iterable, Sequence
 
 from gateway.cursor import ZERO, StreamId, channel_set_tag, format_cursor, format_position, format_stream_id
 from gateway.events import Event
-from gateway.fastpath import ChunkWriter
+from gateway.fanout.fastpath import ChunkWriter
+from gateway.http.stepping import Blocked, finish, send_now
 from gateway.metrics import GAP_EVENTS, WRITES_WAITED
 from gateway.sse import encode_comment, encode_event
-from gateway.stepping import Blocked, finish, send_now
 
 HEARTBEAT = encode_comment("keepalive")
 
@@ -65,7 +65,7 @@ class Subscriber:
         self.oldest_arrival: float | None = None
         self.gaps_sent = 0
         self.heartbeats = 0  # of the queued frames, how many are heartbeats
-        # While the backlog is being read, live events wait here; see gateway.replay.
+        # While the backlog is being read, live events wait here; see gateway.fanout.replay.
         self._held: list[Event] | None = []
         self._held_size = 0
         # The writer's pending wait, if it is waiting: a bare future is cheaper to wake than an asyncio.Event.
@@ -79,7 +79,7 @@ class Subscriber:
         self.write_started = self.last_write = time.monotonic()
         # Set once the stream is live: the server's send, and the flusher that calls it (see go_direct).
         self._send: Callable[[dict[str, object]], object] | None = None
-        self._chunks: ChunkWriter | None = None  # a shorter way to the same socket (see gateway.fastpath)
+        self._chunks: ChunkWriter | None = None  # a shorter way to the same socket (see gateway.fanout.fastpath)
         self._schedule: Callable[[Subscriber], None] | None = None
         self._due = False  # in the flusher's queue
         self.blocked: Blocked | None = None  # a write the flusher started that must wait for the client

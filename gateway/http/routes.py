@@ -8,14 +8,14 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from gateway.brokers.naming import validate_channel
 from gateway.config import Settings
 from gateway.cursor import channel_set, parse_cursor
 from gateway.errors import BadRequest, JSONLine, PayloadTooLarge, RedisUnavailable, error_response
-from gateway.hub import Hub
+from gateway.fanout.hub import Hub
+from gateway.http.stream import EventStream
 from gateway.metrics import PUBLISH_SECONDS, PUBLISHES, metrics
-from gateway.naming import validate_channel
 from gateway.sse import event_type_problem
-from gateway.stream import EventStream
 
 
 class _Anything(PathConvertor):

@@ -21,14 +21,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.config import Settings, split_list
 from gateway.cursor import StreamId
 from gateway.errors import RedisUnavailable
-from gateway.hub import Hub
+from gateway.fanout.hub import Hub
+from gateway.fanout.replay import replay, start_positions
+from gateway.fanout.subscriber import Subscriber
+from gateway.http.stepping import Watch
 from gateway.metrics import OPEN_STREAMS, REFUSED, REPLAYS, STREAMS_CLOSED
-from gateway.replay import replay, start_positions
 from gateway.sse import encode_comment, encode_retry
-from gateway.stepping import Watch
-from gateway.subscriber import Subscriber
 
-log = logging.getLogger("gateway.stream")
+log = logging.getLogger("gateway.http.stream")
 
 HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -43,7 +43,7 @@ class EventStream:
     """The response of the /events routes. The app's stack runs its start; StreamHost then runs its body.
 
     Thousands are open at once for hours, so a stream keeps its state in slots and, once live, waits in one
-    coroutine frame: its writes are the flusher's (gateway.flusher) and its disconnect is watched without a task.
+    coroutine frame: its writes are the flusher's (gateway.fanout.flusher) and its disconnect is watched without a task.
     """
 
     __slots__ = (

@@ -28,7 +28,7 @@ from starlette.requests import HTTPConnection
 from gateway.config import Settings, split_list
 from gateway.errors import Forbidden, Unauthorized
 
-log = logging.getLogger("gateway.auth")
+log = logging.getLogger("gateway.security.auth")
 
 CLAIM = "sse"
 

@@ -1,4 +1,4 @@
-"""Minting tokens in the format gateway.auth reads, for `sse-gateway token`, tests and examples."""
+"""Minting tokens in the format gateway.security.auth reads, for `sse-gateway token`, tests and examples."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from gateway.auth import CLAIM
+from gateway.security.auth import CLAIM
 
 
 def mint(

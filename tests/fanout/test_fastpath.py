@@ -1,4 +1,4 @@
-"""gateway.fastpath under the installed uvicorn: the writer engages where it may, gives up where it must."""
+"""gateway.fanout.fastpath under the installed uvicorn: the writer engages where it may, gives up where it must."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import uvicorn
 
 from gateway.app import create_app
 from gateway.config import Settings
-from gateway.fastpath import ChunkWriter
+from gateway.fanout.fastpath import ChunkWriter
 from tests.servers import free_port, wait_until
 from tests.streams import open_stream, publish
 

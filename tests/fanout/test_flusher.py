@@ -1,4 +1,5 @@
-"""gateway.flusher with real subscribers: one loop turn writes to many, and a write that must wait is handed over."""
+"""gateway.fanout.flusher with real subscribers: one loop turn writes to many, and a write that must wait is handed
+over."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ import time
 
 import pytest
 
-from gateway import flusher
 from gateway.events import Event
-from gateway.flusher import Flusher
-from gateway.subscriber import Subscriber
+from gateway.fanout import flusher
+from gateway.fanout.flusher import Flusher
+from gateway.fanout.subscriber import Subscriber
 
 
 def ev(ms: int) -> Event:

@@ -9,10 +9,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway.broker import Broker, connect
+from gateway.brokers.single import Broker, connect
 from gateway.config import Settings
-from gateway.hub import Hub
-from gateway.subscriber import HEARTBEAT, Subscriber
+from gateway.fanout.hub import Hub
+from gateway.fanout.subscriber import HEARTBEAT, Subscriber
 from tests.servers import GatewayProcess, RedisProcess, wait_until
 from tests.streams import open_stream, publish
 

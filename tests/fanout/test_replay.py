@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from gateway.broker import PUBLISH_SCRIPT
+from gateway.brokers.single import PUBLISH_SCRIPT
 from gateway.cursor import channel_set, parse_cursor
 from tests.servers import GatewayProcess, RedisProcess, wait_until
 from tests.streams import open_stream, publish, publish_many

@@ -1,7 +1,7 @@
-"""gateway.replay: the gap rule (pure), then start_positions, replay and catch_up against a real Redis and hub.
+"""gateway.fanout.replay: the gap rule (pure), then start_positions, replay and catch_up against a real Redis and hub.
 
 The Redis tests drive the functions directly with a real Broker, Hub and Subscriber, without HTTP, so they take
-milliseconds and can serve as the mutation-testing suite of gateway.replay (see scripts/mutation.sh).
+milliseconds and can serve as the mutation-testing suite of gateway.fanout.replay (see scripts/mutation.sh).
 """
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway.broker import Broker, connect
+from gateway.brokers.single import Broker, connect
 from gateway.config import Settings
 from gateway.cursor import ZERO, StreamId, parse_stream_id
 from gateway.events import Event
-from gateway.hub import Hub
-from gateway.replay import catch_up, replay, start_positions, trimmed_after
-from gateway.subscriber import Subscriber, gap_frame
+from gateway.fanout.hub import Hub
+from gateway.fanout.replay import catch_up, replay, start_positions, trimmed_after
+from gateway.fanout.subscriber import Subscriber, gap_frame
 from sse_gateway_client import ServerSentEvent, SSEParser
 from tests.servers import RedisProcess
 

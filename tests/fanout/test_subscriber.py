@@ -1,4 +1,4 @@
-"""gateway.subscriber: one client's cursor, bounded buffer, eviction and replay hold. Pure asyncio, no Redis."""
+"""gateway.fanout.subscriber: one client's cursor, bounded buffer, eviction and replay hold. Pure asyncio, no Redis."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from gateway.cursor import channel_set, parse_cursor
 from gateway.events import Event
-from gateway.subscriber import Subscriber, gap_frame
+from gateway.fanout.subscriber import Subscriber, gap_frame
 from sse_gateway_client import ServerSentEvent, SSEParser
 
 

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from gateway.errors import TooManyRequests
-from gateway.limits import PublishRate
+from gateway.http.publish_rate import PublishRate
 from tests.servers import GatewayProcess
 from tests.streams import open_stream
 

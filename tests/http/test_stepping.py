@@ -1,4 +1,5 @@
-"""gateway.stepping: awaitables run by hand, as far as they go, and finished or watched without a task of their own."""
+"""gateway.http.stepping: awaitables run by hand, as far as they go, and finished or watched without a task of their
+own."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import asyncio
 
 import pytest
 
-from gateway.stepping import Watch, finish, send_now
-from tests.test_flusher import Client, turn
+from gateway.http.stepping import Watch, finish, send_now
+from tests.fanout.test_flusher import Client, turn
 
 
 async def test_send_now_runs_a_send_that_need_not_wait_to_its_end() -> None:

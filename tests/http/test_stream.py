@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from gateway.stream import STREAM_HOST, StreamHost
+from gateway.http.stream import STREAM_HOST, StreamHost
 from sse_gateway_client import SSEParser
 from tests.servers import GatewayProcess, RedisProcess, wait_until
 from tests.streams import open_stream, publish, publish_many, recv_until, stalled_request

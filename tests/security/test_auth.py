@@ -14,11 +14,11 @@ import jwt
 import pytest
 from starlette.requests import Request
 
-from gateway.access_log import redact_query
-from gateway.auth import OPEN, Authenticator, Grant, auth_enabled
 from gateway.config import Settings
 from gateway.errors import Forbidden, Unauthorized
-from gateway.tokens import mint
+from gateway.http.access_log import redact_query
+from gateway.security.auth import OPEN, Authenticator, Grant, auth_enabled
+from gateway.security.tokens import mint
 from tests.auth_setup import AUDIENCE, EC, RSA, SECRET, KeyPair, claims, hs256, write_jwks
 
 
@@ -172,7 +172,7 @@ def test_audience_is_required_when_configured_and_refused_when_not():
 
 
 def test_auth_off_grants_everything_and_says_so(caplog):
-    with caplog.at_level(logging.WARNING, logger="gateway.auth"):
+    with caplog.at_level(logging.WARNING, logger="gateway.security.auth"):
         auth = Authenticator(Settings(auth="off", host="0.0.0.0", jwt_secret=SECRET))
     assert auth.for_subscribe(request(), ["anything"]) is OPEN
     auth.for_publish(request(), "anything")
@@ -201,7 +201,7 @@ def test_auth_is_on_with_keys_off_on_loopback_and_refused_when_exposed(host, aut
         with pytest.raises(ValueError):
             auth_enabled(settings)
         return
-    with caplog.at_level(logging.WARNING, logger="gateway.auth"):
+    with caplog.at_level(logging.WARNING, logger="gateway.security.auth"):
         assert auth_enabled(settings) is enabled
     assert ("authentication is OFF" in caplog.text) is (not enabled)
 

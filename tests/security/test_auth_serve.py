@@ -17,7 +17,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from gateway.broker import PUBLISH_SCRIPT
+from gateway.brokers.single import PUBLISH_SCRIPT
 from sse_gateway_client import SSEParser
 from tests.auth_setup import (
     AUDIENCE,
@@ -177,7 +177,7 @@ def test_token_command_mints_a_token_the_matching_gateway_accepts(signer, gatewa
 def test_token_command_with_an_ec_key_and_no_algorithm_signs_es256(gateways, key_directory, redis_server, http):
     channel = _channel("a")
     result = _token_cli("--private-key", str(key_directory / "ec-1.pem"), "--subscribe", "a.*", "--audience", AUDIENCE)
-    # The key says which algorithm fits (gateway.tokens.mint): refusing it would be a regression, not a choice.
+    # The key says which algorithm fits (gateway.security.tokens.mint): refusing it would be a regression, not a choice.
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     assert jwt.get_unverified_header(result.stdout.strip())["alg"] == "ES256"
@@ -215,9 +215,9 @@ def test_unusable_jwks_file_refuses_to_start_with_a_clear_log_line(redis_server,
 @pytest.mark.parametrize(
     ("args", "env", "warning"),
     [
-        (["--host", "0.0.0.0", "--auth", "off"], {}, "WARNING gateway.auth: authentication is OFF (auth=off)"),
-        ([], {}, "WARNING gateway.auth: authentication is OFF: no JWT key or API key is configured, and the gateway "
-         "listens on loopback (127.0.0.1) only"),
+        (["--host", "0.0.0.0", "--auth", "off"], {}, "WARNING gateway.security.auth: authentication is OFF (auth=off)"),
+        ([], {}, "WARNING gateway.security.auth: authentication is OFF: no JWT key or API key is configured, and the "
+         "gateway listens on loopback (127.0.0.1) only"),
         (["--host", "0.0.0.0"], {"SSE_GATEWAY_API_KEYS": "key-one"}, None),
     ],
     ids=["exposed-auth-off", "loopback-no-keys", "exposed-with-api-key"],

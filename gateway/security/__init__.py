@@ -1,0 +1,1 @@
+"""Who may subscribe and publish: JWT, API keys and public channels, and the minting of tokens."""
