@@ -16,30 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.processes import alive, children
 from tests.servers import GatewayProcess, RedisProcess, wait_until
 from tests.streams import open_stream, publish
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.append(int(entry.name))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
 
 RETRY_MS = 200  # GatewayProcess's SSE_GATEWAY_RETRY_MS
 RETRY = re.compile(rb"^retry: (\d+)$", re.MULTILINE)
@@ -105,7 +84,7 @@ def assert_drained(body: Body, opening: bytes) -> None:
 
 def _embedded_server_pid(gateway: GatewayProcess) -> int:
     assert gateway.process is not None
-    (pid,) = _children(gateway.process.pid)
+    (pid,) = children(gateway.process.pid)
     command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     assert any(b"redis.sock" in part for part in command), command
     return pid
@@ -131,7 +110,7 @@ async def test_serve_without_redis_url_starts_embedded_server_and_stops_it_on_si
         # uvicorn re-raises the signal once it has shut down (gateway.server); the lifespan's end ran before.
         assert await asyncio.to_thread(gateway.process.wait, 15) == -signal.SIGTERM
         assert "Application shutdown complete" in gateway.log()
-        await asyncio.to_thread(wait_until, lambda: not _alive(embedded), what="embedded server exit", timeout=10)
+        await asyncio.to_thread(wait_until, lambda: not alive(embedded), what="embedded server exit", timeout=10)
     finally:
         gateway.stop()
 
@@ -140,7 +119,7 @@ async def test_sigkilled_gateway_takes_its_embedded_server_with_it():
     gateway = GatewayProcess(None).start()
     embedded = _embedded_server_pid(gateway)
     gateway.kill()
-    await asyncio.to_thread(wait_until, lambda: not _alive(embedded), what="embedded server exit", timeout=10)
+    await asyncio.to_thread(wait_until, lambda: not alive(embedded), what="embedded server exit", timeout=10)
 
 
 @pytest.mark.timeout(60)
@@ -172,8 +151,8 @@ async def test_two_workers_with_embedded_server_serve_and_shut_down_together(cha
     gateway = GatewayProcess(None, "--workers", "2").start()
     try:
         assert gateway.process is not None
-        children = _children(gateway.process.pid)
-        assert len(children) >= 3, "the embedded server and two workers (and multiprocessing helpers)"
+        spawned = children(gateway.process.pid)
+        assert len(spawned) >= 3, "the embedded server and two workers (and multiprocessing helpers)"
         async with open_stream(f"{gateway.url}/events/{channel}") as stream:
             await stream.read_raw_until(b"retry:")
             ids = [await publish(gateway.url, channel, f"m{i}") for i in range(6)]
@@ -187,7 +166,7 @@ async def test_two_workers_with_embedded_server_serve_and_shut_down_together(cha
         assert code == 0
         assert gateway.log().count("Application shutdown complete") == 2
         await asyncio.to_thread(
-            wait_until, lambda: not any(_alive(pid) for pid in children), what="workers and embedded server exit"
+            wait_until, lambda: not any(alive(pid) for pid in spawned), what="workers and embedded server exit"
         )
     finally:
         gateway.stop()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import processes_mentioning
 from tests.servers import GatewayProcess, wait_until
 
 EXIT_BOUND = 15.0  # seconds; it takes well under one, this is the room a loaded machine needs
@@ -30,19 +31,6 @@ def private_tmp() -> Iterator[Path]:
     """A TMPDIR of the test's own: an embedded server's directory (and so its command line) would be inside it."""
     with tempfile.TemporaryDirectory(prefix="sse-test-startup-") as directory:
         yield Path(directory)
-
-
-def processes_mentioning(text: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if text.encode() in (entry / "cmdline").read_bytes():
-                found.append(int(entry.name))
-        except OSError:  # it ended while we looked
-            continue
-    return found
 
 
 def run_gateway(command: str, port: int, tmp: Path) -> subprocess.CompletedProcess[str]:

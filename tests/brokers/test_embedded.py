@@ -17,34 +17,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import alive, children
 from tests.servers import GatewayProcess, wait_until
 from tests.streams import open_stream, publish
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.append(int(entry.name))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def _embedded_program(gateway: GatewayProcess) -> tuple[int, str]:
     """The embedded server's pid and the program it was started as: the gateway's one child, on redis.sock."""
     assert gateway.process is not None
-    (pid,) = _children(gateway.process.pid)
+    (pid,) = children(gateway.process.pid)
     # Redis rewrites its title to "<argv[0]> unixsocket:<path>", in one argument or several.
     command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().split()
     assert any("redis.sock" in part for part in command), command
@@ -59,7 +40,7 @@ async def _serves_and_stops(gateway: GatewayProcess, channel: str, embedded: int
         event = await stream.next_event()
         assert (event.id, event.data) == (event_id, "through the embedded server")
     assert await asyncio.to_thread(gateway.terminate, 20) == -signal.SIGTERM
-    await asyncio.to_thread(wait_until, lambda: not _alive(embedded), what="the embedded server's exit", timeout=10)
+    await asyncio.to_thread(wait_until, lambda: not alive(embedded), what="the embedded server's exit", timeout=10)
 
 
 def _redis_server_on_path() -> str:
