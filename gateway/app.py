@@ -16,7 +16,8 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.brokers.single import Broker, connect
+from gateway.brokers import broker_for
+from gateway.brokers.protocol import Broker
 from gateway.config import Settings, split_list
 from gateway.demo import DemoPublisher
 from gateway.errors import GatewayError, error_response
@@ -34,24 +35,24 @@ log = logging.getLogger("gateway.app")
 def create_app(
     settings: Settings,
     *,
+    broker: Broker | None = None,
     authenticator: Authenticator | None = None,
     on_shutdown: Callable[[], None] | None = None,
     demo: bool = False,
 ) -> StreamHost:
-    """The gateway for ``settings.redis_url``; ``on_shutdown`` runs last, after every stream has ended.
+    """The gateway for ``settings.redis_url``, or on ``broker``; ``on_shutdown`` runs last, after every stream ended.
 
-    Raises ValueError for settings that must not start (no Redis URL, or an exposed gateway with no auth keys).
+    The lifespan starts the broker and closes it at the end, a given one too. Raises ValueError for settings that
+    must not start (no Redis URL and no broker, or an exposed gateway with no auth keys).
     """
-    if settings.redis_url is None:
+    if settings.redis_url is None and broker is None:
         raise ValueError("create_app needs settings.redis_url; the CLI starts an embedded server when it is unset")
     authenticator = authenticator or Authenticator(settings)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        client = connect(settings.redis_url)
         hub = Hub(
-            Broker(client, settings),
-            settings.redis_url,
+            broker or broker_for(settings),
             tick=min(1.0, settings.heartbeat / 2, settings.send_timeout / 2),
         )
         await hub.start()
@@ -70,7 +71,7 @@ def create_app(
             if publisher is not None:
                 await publisher.stop()
             await hub.stop()
-            await client.aclose()
+            await hub.broker.close()
             process_exited()
             if on_shutdown is not None:
                 on_shutdown()

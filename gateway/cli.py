@@ -153,15 +153,14 @@ def _publish_to_redis(args: argparse.Namespace, data: str) -> dict[str, Any]:
 async def _publish_with_broker(
     url: str, settings: Settings, channel: str, data: str, event: str | None
 ) -> dict[str, Any]:
+    from gateway.brokers import broker_for
     from gateway.brokers.naming import validate_channel
-    from gateway.brokers.single import Broker, connect
 
-    client = connect(url)
+    broker = broker_for(settings.replace(redis_url=url))
     try:
-        broker = Broker(client, settings)
         return {"channel": channel, "id": await broker.publish(validate_channel(channel), data, event)}
     finally:
-        await client.aclose()
+        await broker.close()
 
 
 def _token(args: argparse.Namespace) -> int:

@@ -24,7 +24,16 @@ class Settings:
     host: str = setting("127.0.0.1", "address to bind (the Docker image uses 0.0.0.0)")
     port: int = setting(8000, "port to listen on (0: any free port)")
     workers: int = setting(1, "worker processes; each has its own upstream subscriptions")
-    redis_url: str | None = setting(None, "redis://, rediss:// or unix:// URL; unset starts an embedded server")
+    redis_url: str | None = setting(
+        None,
+        "redis://, rediss:// or unix:// URL (a cluster: any node, or several, comma-separated); unset starts an "
+        "embedded server",
+    )
+    redis_cluster: str = setting(
+        "auto",
+        "Redis Cluster with sharded Pub/Sub: on, off, or auto (asks the node at start)",
+        choices=("auto", "on", "off"),
+    )
     key_prefix: str = setting("sse:", "prefix of every Redis key and Pub/Sub channel")
     # Each channel's replay buffer is a Redis Stream trimmed to about this many entries ...
     buffer_maxlen: int = setting(1000, "entries kept per channel for replay, at least (0: no limit)")

@@ -8,7 +8,7 @@ import logging
 import random
 import time
 
-from gateway.brokers.single import Broker
+from gateway.brokers.protocol import Broker
 from gateway.errors import GatewayError
 from gateway.tasks import stop_tasks
 

@@ -38,6 +38,19 @@ REPLAYS = Counter(
     "sse_replays_total", "Streams resumed from a Last-Event-ID: hit (all still buffered) or miss (a gap)", ["result"]
 )
 GAP_EVENTS = Counter("sse_gap_events_total", "gap events sent")
+CLUSTER_NODE_UP = Gauge(
+    "sse_cluster_node_up",
+    "Per Redis Cluster primary this process subscribes on: 1 while its Pub/Sub connection is up",
+    ["node"],
+    multiprocess_mode="livemax",
+)
+TOPOLOGY_REFRESHES = Counter("sse_cluster_topology_refreshes_total", "Times the cluster's slot map was read again")
+RESUBSCRIPTIONS = Counter(
+    "sse_cluster_resubscriptions_total", "Channels subscribed again after a slot moved or a node dropped them"
+)
+MISSED_LIVE = Counter(
+    "sse_missed_live_total", "Live messages found missing by the previous id of the next one, then read from the buffer"
+)
 REDIS_RECONNECTS = Counter("sse_redis_reconnects_total", "Times the Pub/Sub connection to Redis was lost or refused")
 PUBLISHES = Counter("sse_publishes_total", "Publish requests, by outcome", ["outcome"])
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)

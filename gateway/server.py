@@ -12,6 +12,7 @@ import uvicorn
 
 from gateway import logs
 from gateway.app import create_app
+from gateway.brokers import BrokerModeError, resolve_cluster_mode
 from gateway.brokers.embedded import EmbeddedServer, EmbeddedServerError
 from gateway.config import Settings
 from gateway.http.protocol import HttpLimits, protocol_for
@@ -50,6 +51,14 @@ def serve(settings: Settings, *, demo: bool = False) -> int:
             listener.close()
             log.error("not starting: %s", exc)
             return EXIT_STARTUP_FAILED
+    try:
+        settings = resolve_cluster_mode(settings)  # one node or a cluster, decided once for every worker
+    except BrokerModeError as exc:
+        listener.close()
+        if embedded is not None:
+            embedded.stop()
+        log.error("not starting: %s", exc)
+        return EXIT_STARTUP_FAILED
     options = dict(
         host=settings.host,
         port=settings.port,

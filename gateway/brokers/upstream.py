@@ -4,6 +4,16 @@ Pub/Sub delivers at most once, so whatever was published while the connection wa
 every reconnect the upstream resubscribes, and as Redis confirms each channel it calls ``on_resubscribed`` so the
 hub can fill the gap from the replay buffer before any newer live message of that channel is read.
 
+Pub/Sub is a doorbell; the buffer is the truth. Each live event names the id before it, so one whose previous id is
+not the last id heard on its channel shows a missed message (an output-buffer disconnect, a failover, anything), and
+the same catch-up reads the buffer before that event is delivered.
+
+On a cluster (``sharded``) there is one Upstream per primary, using SSUBSCRIBE, one channel per command (channels of
+different slots cannot share one). When the node pushes an unsolicited ``sunsubscribe`` (its slot moved, or a
+failover), or the connection fails, the upstream tells its owner (gateway.brokers.cluster), which refreshes the slot
+map and hands each channel to the upstream of its new primary with ``release`` and ``adopt``; the channel is caught
+up from its buffer as soon as the new node confirms it.
+
 A channel is unsubscribed a moment after its last local subscriber leaves, and only once Redis has confirmed its
 subscription: so a SUBSCRIBE confirmation can never be mistaken for a later one of the same channel.
 """
@@ -20,11 +30,13 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
+from gateway.brokers.connections import tcp_options
+from gateway.brokers.envelope import decode_pubsub
 from gateway.brokers.naming import Naming
-from gateway.brokers.single import tcp_options
+from gateway.cursor import StreamId
 from gateway.errors import RedisUnavailable
-from gateway.events import Event, decode_pubsub
-from gateway.metrics import MESSAGES_IN, REDIS_RECONNECTS
+from gateway.events import Event
+from gateway.metrics import MESSAGES_IN, MISSED_LIVE, REDIS_RECONNECTS
 from gateway.tasks import stop_task, stop_tasks
 
 log = logging.getLogger("gateway.brokers.upstream")
@@ -38,12 +50,21 @@ UNSUBSCRIBE_DELAY = 1.0
 
 
 class _Channel:
-    __slots__ = ("refcount", "sent", "confirmed")
+    __slots__ = ("refcount", "sent", "confirmed", "heard", "behind")
 
     def __init__(self) -> None:
         self.refcount = 0
         self.sent = False  # SUBSCRIBE sent on the current connection
         self.confirmed = asyncio.Event()  # Redis confirmed it on the current connection
+        self.heard: StreamId | None = None  # the last buffered id heard live on the current connection
+        self.behind = False  # live messages may have been missed: catch up once Redis confirms the subscription
+
+    def missed_before(self, event: Event) -> bool:
+        """Whether a message came between the last one heard and ``event``; remembers ``event`` as heard."""
+        heard = self.heard
+        if event.stream_id is not None:
+            self.heard = event.stream_id
+        return heard is not None and event.previous is not None and event.previous != heard
 
 
 class Upstream:
@@ -53,6 +74,9 @@ class Upstream:
         naming: Naming,
         on_event: Callable[[Event], None],
         on_resubscribed: Callable[[str], Awaitable[None]],
+        *,
+        sharded: bool = False,
+        on_trouble: Callable[[str | None], None] | None = None,
     ) -> None:
         # Its own client with no retries inside redis-py: every failure must reach the loop below, which alone
         # knows that a catch-up read is needed after the reconnect.
@@ -60,6 +84,10 @@ class Upstream:
         self._naming = naming
         self._on_event = on_event
         self._on_resubscribed = on_resubscribed
+        self._sharded = sharded
+        # Called with a channel the node unsubscribed by itself, or None when the connection failed.
+        self._on_trouble = on_trouble
+        self._message_kind, self._confirm_kind = ("smessage", "ssubscribe") if sharded else ("message", "subscribe")
         self._channels: dict[str, _Channel] = {}
         self._pubsub: aioredis.client.PubSub | None = None  # set only while the connection is usable
         self._session_pubsub: aioredis.client.PubSub | None = None  # the current session's, usable or not
@@ -108,10 +136,40 @@ class Upstream:
     def channels(self) -> list[str]:
         return [channel for channel, state in self._channels.items() if state.refcount > 0]
 
+    def holds(self, channel: str) -> bool:
+        return channel in self._channels
+
+    def unsent(self) -> list[str]:
+        """Channels wanted but not subscribed on the current connection (a node unsubscribed them)."""
+        return [channel for channel, state in self._channels.items() if not state.sent]
+
+    def release(self, channel: str) -> _Channel | None:
+        """Give up a channel whose slot another node serves now, for ``adopt`` there; nothing is sent to this node,
+        which no longer serves it (it unsubscribed its subscribers when the slot left).
+        """
+        return self._channels.pop(channel, None)
+
+    def adopt(self, channel: str, state: _Channel) -> None:
+        """Take over a channel from another node's upstream: subscribe, and catch up once confirmed."""
+        state.sent, state.behind, state.heard = False, True, None
+        self._channels[channel] = state
+        if self._pubsub is not None:
+            self._send(state, channel)
+
+    def resubscribe(self, channel: str) -> None:
+        """Subscribe again to a channel this node unsubscribed by itself, then catch it up."""
+        state = self._channels.get(channel)
+        if state is not None and not state.sent and self._pubsub is not None:
+            state.behind = True
+            self._send(state, channel)
+
     def _send(self, state: _Channel, channel: str, command: str = "subscribe") -> None:
         assert self._pubsub is not None
         state.sent = command == "subscribe"
-        method = self._pubsub.subscribe if command == "subscribe" else self._pubsub.unsubscribe
+        if self._sharded:
+            method = self._pubsub.ssubscribe if command == "subscribe" else self._pubsub.sunsubscribe
+        else:
+            method = self._pubsub.subscribe if command == "subscribe" else self._pubsub.unsubscribe
         task = asyncio.create_task(self._quietly(method(self._naming.pubsub_channel(channel))))
         self._sends.add(task)
         task.add_done_callback(self._sends.discard)
@@ -145,6 +203,8 @@ class Upstream:
                     return
                 log.warning("redis pub/sub connection lost (%s); reconnecting in %.2fs", exc, backoff)
                 REDIS_RECONNECTS.inc()
+                if self._on_trouble is not None:
+                    self._on_trouble(None)
             if self.connected.is_set():  # the session had been up: start the backoff afresh
                 backoff = BACKOFF_START
             self.connected.clear()
@@ -161,25 +221,30 @@ class Upstream:
                 return
             for channel, state in list(self._channels.items()):
                 state.sent = False
+                state.heard = None  # the catch-up after the (re)subscription covers what came before
+                state.behind = state.behind or self.reconnects > 0
                 state.confirmed = asyncio.Event() if state.confirmed.is_set() else state.confirmed
                 if state.refcount <= 0:
                     del self._channels[channel]
             wanted = self.channels
             for state in self._channels.values():
                 state.sent = True
-            if wanted:
+            if wanted and self._sharded:
+                for channel in wanted:  # one per command: channels of different slots cannot share one
+                    await pubsub.ssubscribe(self._naming.pubsub_channel(channel))
+            elif wanted:
                 await pubsub.subscribe(*(self._naming.pubsub_channel(c) for c in wanted))
             self._pubsub = pubsub
             self.connected.set()
             for channel, state in self._channels.items():  # asked for while the subscriptions above were sent
                 if not state.sent:
                     self._send(state, channel)
-            await self._read(pubsub, catch_up=set(wanted) if self.reconnects else set())
+            await self._read(pubsub)
         finally:
             self._pubsub = self._session_pubsub = None
             await pubsub.aclose()
 
-    async def _read(self, pubsub: aioredis.client.PubSub, catch_up: set[str]) -> None:
+    async def _read(self, pubsub: aioredis.client.PubSub) -> None:
         loop = asyncio.get_running_loop()
         last_heard = loop.time()
         pinged = False
@@ -196,22 +261,35 @@ class Upstream:
                 continue
             last_heard, pinged = now, False
             kind = message["type"]
-            if kind == "message":
+            if kind == self._message_kind:
                 channel = self._naming.channel_of(message["channel"].decode())
                 if channel is not None and (event := decode_pubsub(channel, message["data"])) is not None:
                     MESSAGES_IN.inc()
+                    state = self._channels.get(channel)
+                    if state is not None and state.missed_before(event):
+                        MISSED_LIVE.inc()
+                        await self._catch_up(channel)  # the missed ones, and this one, from the buffer, in order
                     self._on_event(event)
-            elif kind == "subscribe":
+            elif kind == self._confirm_kind:
                 channel = self._naming.channel_of(message["channel"].decode())
                 state = self._channels.get(channel or "")
                 if state is None or channel is None:
                     continue
-                if channel in catch_up:
+                if state.behind:
                     # Live again: fill what Pub/Sub dropped while the connection was down, before reading on, so
                     # that the channel's events still reach subscribers in order.
-                    catch_up.discard(channel)
+                    state.behind = False
                     await self._catch_up(channel)
                 state.confirmed.set()
+            elif kind == "sunsubscribe":
+                channel = self._naming.channel_of(message["channel"].decode())
+                state = self._channels.get(channel or "")
+                if state is not None and channel is not None and state.sent:
+                    # Not asked for (ours are sent after the state is gone): the slot moved, or a failover.
+                    log.info("redis unsubscribed channel %s by itself; finding its node", channel)
+                    state.sent, state.behind = False, True
+                    if self._on_trouble is not None:
+                        self._on_trouble(channel)
 
     async def _catch_up(self, channel: str) -> None:
         try:

@@ -11,8 +11,7 @@ import asyncio
 import logging
 import time
 
-from gateway.brokers.single import Broker
-from gateway.brokers.upstream import Upstream
+from gateway.brokers.protocol import Broker
 from gateway.errors import RedisUnavailable
 from gateway.events import Event
 from gateway.fanout.flusher import Flusher
@@ -27,11 +26,10 @@ SUBSCRIBE_TIMEOUT = 5.0
 
 
 class Hub:
-    def __init__(self, broker: Broker, redis_url: str, *, tick: float = 1.0) -> None:
+    def __init__(self, broker: Broker, *, tick: float = 1.0) -> None:
         self.broker = broker
         self._tick_interval = tick
         self._ticker: asyncio.Task[None] | None = None
-        self.upstream = Upstream(redis_url, broker.naming, self.deliver, self._catch_up)
         self._subscribers: dict[str, set[Subscriber]] = {}
         self.flusher = Flusher()
         # Every stream from its first moment to its end, attached or not yet, so a drain reaches all of them.
@@ -39,13 +37,13 @@ class Hub:
         self.draining = False
 
     async def start(self) -> None:
-        await self.upstream.start()
+        await self.broker.start(self.deliver, self._catch_up)
         self._ticker = asyncio.create_task(self._tick(), name="gateway-ticker")
 
     async def stop(self) -> None:
+        """End every stream and the ticker; the broker's owner closes the broker."""
         self.drain()
         await stop_task(self._ticker)
-        await self.upstream.stop()
 
     async def _tick(self) -> None:
         """One timer for every stream: heartbeats, token expiry and stalled writes are checked here."""
@@ -77,7 +75,7 @@ class Hub:
         confirmations = []
         for channel in subscriber.channels:
             self._subscribers.setdefault(channel, set()).add(subscriber)
-            confirmations.append(self.upstream.subscribe(channel))
+            confirmations.append(self.broker.subscribe(channel))
         pending = [asyncio.ensure_future(c.wait()) for c in confirmations if not c.is_set()]
         if not pending:
             return
@@ -104,7 +102,7 @@ class Hub:
             listeners.discard(subscriber)
             if not listeners:
                 del self._subscribers[channel]
-            self.upstream.unsubscribe(channel)
+            self.broker.unsubscribe(channel)
 
     def drain(self) -> None:
         """End every open stream and refuse new ones: the server is shutting down."""

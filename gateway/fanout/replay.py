@@ -2,7 +2,8 @@
 
 A subscriber is brought up to date in this order, and only this order is race-free:
 
-1. subscribe upstream and wait for Redis to confirm; from then on live events are *held* by the subscriber;
+1. subscribe upstream and wait for Redis to confirm (``Hub.attach``, which the stream calls first); from then on live
+   events are *held* by the subscriber;
 2. read the backlog after the subscriber's cursor with XRANGE and send it, page by page, with one ``gap`` event
    wherever entries after the last position sent were already trimmed (or the whole buffer expired);
 3. go live: queue the held events, dropping every id at or below the last one sent.
@@ -14,28 +15,26 @@ so an event published during steps 1-2 is not lost either.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
 
-from gateway.brokers.single import Broker, Entry, previous_id
-from gateway.cursor import ZERO, StreamId, parse_stream_id
-from gateway.events import from_stream_entry
+from gateway.brokers.protocol import Broker
+from gateway.cursor import ZERO, StreamId
+from gateway.events import Event
 from gateway.fanout.subscriber import Subscriber
 
-if TYPE_CHECKING:
-    from gateway.fanout.hub import Hub
 
-
-def trimmed_after(position: StreamId, first: Entry) -> StreamId | None:
+def trimmed_after(position: StreamId, first: Event) -> StreamId | None:
     """The first id still buffered, if entries between ``position`` and it were trimmed; else None.
 
     Each entry stores the id written before it, so "trimmed right up to the cursor" (no gap) and "entries after the
-    cursor are gone" (a gap) are told apart exactly.
+    cursor are gone" (a gap) are told apart exactly. Before the first entry of its stream (previous 0-0) only a
+    cursor of 0-0 has nothing missing.
     """
-    first_id = parse_stream_id(first[0].decode())
+    first_id = first.stream_id
+    assert first_id is not None, "buffered events have ids"
     if first_id <= position:
         return None
-    before = previous_id(first[1])
-    lost = position != ZERO if before is None else before > position
+    before = first.previous
+    lost = position != ZERO if before is None or before == ZERO else before > position
     return first_id if lost else None
 
 
@@ -48,23 +47,20 @@ async def start_positions(
     return {channel: await broker.tail(channel) for channel in channels}
 
 
-async def replay(hub: Hub, subscriber: Subscriber, send: Callable[[bytes], Awaitable[None]]) -> None:
-    """Steps 1-3 above. Raises RedisUnavailable if Redis fails meanwhile."""
-    await hub.attach(subscriber)
-    if subscriber.close_reason is not None:
-        return  # it left while Redis was being waited on: no backlog to read for it
+async def replay(broker: Broker, subscriber: Subscriber, send: Callable[[bytes], Awaitable[None]]) -> None:
+    """Steps 2-3 above, for a subscriber the hub has attached (step 1). Raises RedisUnavailable if Redis fails."""
     for channel in subscriber.channels:
         position = subscriber.positions[channel]
         pages = 0
-        async for page in hub.broker.backlog(channel, position):
+        async for page in broker.backlog(channel, position):
             pages += 1
             # Checked on every page: the buffer may be trimmed past a page's end while it is being sent.
             _offer_gap_if_trimmed(subscriber, channel, page[0])
-            subscriber.accept([from_stream_entry(channel, entry_id, fields) for entry_id, fields in page])
+            subscriber.accept(page)
             if subscriber.close_reason is not None:
                 return
             await send(subscriber.take())
-        if not pages and position != ZERO and not await hub.broker.buffered(channel):
+        if not pages and position != ZERO and not await broker.buffered(channel):
             # The channel's buffer expired while it was quiet: whatever came after the cursor is gone with it.
             subscriber.offer_gap(channel, position, ZERO)
     if subscriber.close_reason is None:
@@ -78,13 +74,12 @@ async def catch_up(broker: Broker, channel: str, listeners: list[Subscriber]) ->
         for listener in listeners:
             if not listener.replaying:  # a replaying listener checks its own backlog for gaps
                 _offer_gap_if_trimmed(listener, channel, page[0])
-        for entry_id, fields in page:
-            event = from_stream_entry(channel, entry_id, fields)
+        for event in page:
             for listener in listeners:
                 listener.offer(event)
 
 
-def _offer_gap_if_trimmed(subscriber: Subscriber, channel: str, first: Entry) -> None:
+def _offer_gap_if_trimmed(subscriber: Subscriber, channel: str, first: Event) -> None:
     position = subscriber.positions[channel]
     if (first_available := trimmed_after(position, first)) is not None:
         subscriber.offer_gap(channel, position, first_available)

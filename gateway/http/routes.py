@@ -80,7 +80,7 @@ async def readyz(request: Request) -> Response:
     hub: Hub = request.app.state.hub
     if hub.draining:
         return error_response(503, "draining", "the gateway is shutting down")
-    if not hub.upstream.connected.is_set() or not await hub.broker.ping():
+    if not hub.broker.live or not await hub.broker.ping():
         return RedisUnavailable("Redis is unreachable").response()
     return JSONLine({"status": "ready"})
 

@@ -162,7 +162,10 @@ class EventStream:
 
     async def _replay(self) -> None:
         subscriber = self._subscriber
-        await replay(self.hub, subscriber, self._write)
+        await self.hub.attach(subscriber)  # step 1 of the replay (see gateway.fanout.replay)
+        if subscriber.close_reason is not None:
+            return  # it left while Redis was being waited on: no backlog to read for it
+        await replay(self.hub.broker, subscriber, self._write)
         if self.cursor is not None:
             REPLAYS.labels("miss" if subscriber.gaps_sent else "hit").inc()
         # Live: the flusher writes from here on; this task steps in only for a write that has to wait.

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway.brokers.single import PUBLISH_SCRIPT, Broker, connect
+from gateway.brokers.single import PUBLISH_SCRIPT, SingleNodeBroker
 from gateway.config import Settings
 from tests.servers import GatewayProcess, RedisProcess, wait_until
 from tests.streams import open_stream, publish
@@ -31,13 +31,12 @@ def short_lived_gateway(redis_server) -> Iterator[GatewayProcess]:
 
 
 async def _publish_with(url: str, settings: Settings, channels: list[str]) -> None:
-    client = connect(url)
+    broker = SingleNodeBroker(settings.replace(redis_url=url))
     try:
-        broker = Broker(client, settings)
         for channel in channels:
             await broker.publish(channel, "once")
     finally:
-        await client.aclose()
+        await broker.close()
 
 
 @pytest.mark.timeout(60)

@@ -9,29 +9,30 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import pytest
 import redis
 
-from gateway.brokers.single import BACKLOG_PAGE, PUBLISH_SCRIPT, Broker, connect, previous_id
+from gateway.brokers.envelope import decode_pubsub, from_stream_entry
+from gateway.brokers.protocol import BACKLOG_PAGE
+from gateway.brokers.single import PUBLISH_SCRIPT, SingleNodeBroker
 from gateway.config import Settings
 from gateway.cursor import ZERO, StreamId, parse_stream_id
 from gateway.errors import BadRequest, RedisUnavailable
-from gateway.events import decode_pubsub
 from tests.servers import RedisProcess, free_port
 
-MakeBroker = Callable[..., Broker]
+MakeBroker = Callable[..., SingleNodeBroker]
 
 
 @pytest.fixture
 async def make_broker(redis_server: RedisProcess) -> AsyncIterator[MakeBroker]:
     """Brokers on the session Redis, each with its own key prefix so changed settings never meet."""
-    clients = []
+    brokers = []
 
-    def make(url: str = redis_server.url, **changes: object) -> Broker:
-        client = connect(url)
-        clients.append(client)
-        return Broker(client, Settings(key_prefix=f"t{uuid.uuid4().hex[:8]}:").replace(**changes))
+    def make(url: str = redis_server.url, **changes: object) -> SingleNodeBroker:
+        settings = Settings(redis_url=url, key_prefix=f"t{uuid.uuid4().hex[:8]}:").replace(**changes)
+        brokers.append(broker := SingleNodeBroker(settings))
+        return broker
 
     yield make
-    for client in clients:
-        await client.aclose()
+    for broker in brokers:
+        await broker.close()
 
 
 @pytest.fixture
@@ -49,7 +50,7 @@ def next_message(pubsub: redis.client.PubSub, kind: str = "message") -> dict:
     raise AssertionError(f"no {kind} within 10 s")
 
 
-async def all_pages(broker: Broker, channel: str, after: StreamId) -> list[list]:
+async def all_pages(broker: SingleNodeBroker, channel: str, after: StreamId) -> list[list]:
     return [page async for page in broker.backlog(channel, after)]
 
 
@@ -68,7 +69,7 @@ async def test_publish_stores_p_e_d_and_publishes_an_envelope_with_the_same_even
     assert entry_id.decode() == stream_id
     assert fields == {b"p": b"", b"e": b"tick", b"d": data.encode()}
     message = next_message(pubsub)
-    assert message["data"] == b"\x00sse1\n" + stream_id.encode() + b"\ntick\n" + data.encode()
+    assert message["data"] == b"\x00sse2\n" + stream_id.encode() + b"\n\ntick\n" + data.encode()  # no previous id
     event = decode_pubsub(channel, message["data"])
     assert (event.stream_id, event.type, event.data) == (parse_stream_id(stream_id), "tick", data)
     pubsub.close()
@@ -96,8 +97,8 @@ async def test_each_entry_stores_the_id_of_the_one_before(
     entries = raw.xrange(broker.naming.stream_key(channel))
     assert [entry_id.decode() for entry_id, _ in entries] == ids
     assert [fields[b"p"].decode() for _, fields in entries] == ["", *ids[:-1]]
-    assert previous_id(entries[0][1]) is None
-    assert previous_id(entries[3][1]) == parse_stream_id(ids[2])
+    assert from_stream_entry(channel, entries[0]).previous == ZERO
+    assert from_stream_entry(channel, entries[3]).previous == parse_stream_id(ids[2])
 
 
 async def test_maxlen_trims_approximately_in_whole_nodes(
@@ -178,13 +179,15 @@ async def test_backlog_reads_in_pages_strictly_after_the_cursor(
 
     pages = await all_pages(broker, channel, ZERO)
     assert [len(page) for page in pages] == [BACKLOG_PAGE, 1]
-    read = [parse_stream_id(entry_id.decode()) for page in pages for entry_id, _ in page]
+    read = [event.stream_id for page in pages for event in page]
     assert read == [parse_stream_id(i) for i in ids]
     assert all(a < b for a, b in zip(read, read[1:], strict=False))
-    assert pages[1][0][1][b"d"] == str(BACKLOG_PAGE).encode()
+    assert pages[1][0].data == str(BACKLOG_PAGE)
+    # Each event knows the one before it, across the page boundary too.
+    assert [event.previous for page in pages for event in page] == [ZERO, *read[:-1]]
 
     after = await all_pages(broker, channel, parse_stream_id(ids[9]))
-    assert [entry_id.decode() for page in after for entry_id, _ in page] == ids[10:]
+    assert [event.stream_id for page in after for event in page] == [parse_stream_id(i) for i in ids[10:]]
     assert await all_pages(broker, channel, parse_stream_id(ids[-1])) == []
 
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway.brokers.single import Broker, connect
+from gateway.brokers.single import SingleNodeBroker
 from gateway.config import Settings
 from gateway.fanout.hub import Hub
 from gateway.fanout.subscriber import HEARTBEAT, Subscriber
@@ -98,8 +98,8 @@ class _TickFails(Subscriber):
 
 
 async def test_one_stream_whose_tick_raises_does_not_stop_the_heartbeats_of_the_others(redis_server, caplog):
-    client = connect(redis_server.url)
-    hub = Hub(Broker(client, Settings(key_prefix=f"h{uuid.uuid4().hex[:8]}:")), redis_server.url, tick=0.02)
+    broker = SingleNodeBroker(Settings(redis_url=redis_server.url, key_prefix=f"h{uuid.uuid4().hex[:8]}:"))
+    hub = Hub(broker, tick=0.02)
     failing = _TickFails(["failing"], max_events=10, max_bytes=10**6)
     healthy = Subscriber(["healthy"], max_events=10, max_bytes=10**6, heartbeat=0.01)
     healthy.start_at({"healthy": (0, 0)})
@@ -120,4 +120,4 @@ async def test_one_stream_whose_tick_raises_does_not_stop_the_heartbeats_of_the_
         assert hub._ticker is not None and not hub._ticker.done()
     finally:
         await hub.stop()
-        await client.aclose()
+        await broker.close()

@@ -11,7 +11,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway.brokers.single import Broker, connect
+from gateway.brokers.envelope import from_stream_entry
+from gateway.brokers.protocol import Broker
+from gateway.brokers.single import SingleNodeBroker
 from gateway.config import Settings
 from gateway.cursor import ZERO, StreamId, parse_stream_id
 from gateway.events import Event
@@ -22,8 +24,9 @@ from sse_gateway_client import ServerSentEvent, SSEParser
 from tests.servers import RedisProcess
 
 
-def entry(entry_id: str, previous: str) -> tuple[bytes, dict[bytes, bytes]]:
-    return entry_id.encode(), {b"p": previous.encode(), b"e": b"", b"d": b"x"}
+def entry(entry_id: str, previous: str) -> Event:
+    """A buffered event as a broker reads it; an empty ``previous`` is the first of its stream."""
+    return from_stream_entry("a", (entry_id.encode(), {b"p": previous.encode(), b"e": b"", b"d": b"x"}))
 
 
 def test_position_before_a_trimmed_first_entry_is_a_gap() -> None:
@@ -53,8 +56,9 @@ def test_first_entry_of_its_stream_from_a_non_zero_position_is_a_gap() -> None:
 
 
 def test_first_entry_without_a_p_field_counts_as_first_of_its_stream() -> None:
-    assert trimmed_after((5, 0), (b"20-0", {b"d": b"x"})) == (20, 0)
-    assert trimmed_after(ZERO, (b"20-0", {b"d": b"x"})) is None
+    unmarked = from_stream_entry("a", (b"20-0", {b"d": b"x"}))
+    assert trimmed_after((5, 0), unmarked) == (20, 0)
+    assert trimmed_after(ZERO, unmarked) is None
 
 
 def test_zero_position_after_a_trim_is_a_gap() -> None:
@@ -71,15 +75,15 @@ def test_position_at_or_after_the_first_entry_is_never_a_gap(position: tuple[int
 
 
 @pytest.fixture
-async def broker(redis_server: RedisProcess) -> AsyncIterator[Broker]:
-    client = connect(redis_server.url)
-    yield Broker(client, Settings(key_prefix=f"r{uuid.uuid4().hex[:8]}:"))
-    await client.aclose()
+async def broker(redis_server: RedisProcess) -> AsyncIterator[SingleNodeBroker]:
+    broker = SingleNodeBroker(Settings(redis_url=redis_server.url, key_prefix=f"r{uuid.uuid4().hex[:8]}:"))
+    yield broker
+    await broker.close()
 
 
 @pytest.fixture
-async def hub(broker: Broker, redis_server: RedisProcess) -> AsyncIterator[Hub]:
-    hub = Hub(broker, redis_server.url)
+async def hub(broker: Broker) -> AsyncIterator[Hub]:
+    hub = Hub(broker)
     await hub.start()
     yield hub
     await hub.stop()
@@ -87,6 +91,12 @@ async def hub(broker: Broker, redis_server: RedisProcess) -> AsyncIterator[Hub]:
 
 async def publish(broker: Broker, channel: str, count: int) -> list[StreamId]:
     return [parse_stream_id(await broker.publish(channel, f"m{i}")) for i in range(count)]
+
+
+async def attach_and_replay(hub: Hub, subscriber: Subscriber, send) -> None:
+    """What a stream does: attach (step 1), then the backlog and going live (steps 2 and 3)."""
+    await hub.attach(subscriber)
+    await replay(hub.broker, subscriber, send)
 
 
 def trim_to(redis_server: RedisProcess, broker: Broker, channel: str, keep: int) -> None:
@@ -136,11 +146,11 @@ async def test_replay_sends_exactly_the_entries_after_the_cursor_then_goes_live(
     async def send(body: bytes) -> None:
         writes.append(body)
 
-    await replay(hub, subscriber, send)
+    await attach_and_replay(hub, subscriber, send)
     assert wire(b"".join(writes)) == [message(ids[i], i) for i in (2, 3, 4)]
     assert subscriber.positions == {"a": ids[4]}
     assert not subscriber.replaying
-    assert subscriber.channels[0] in hub.upstream.channels  # attached: live events reach it from now on
+    assert subscriber.channels[0] in hub.broker.upstream.channels  # attached: live events reach it from now on
 
 
 async def test_replay_of_each_channel_reads_its_own_backlog(broker: Broker, hub: Hub) -> None:
@@ -152,7 +162,7 @@ async def test_replay_of_each_channel_reads_its_own_backlog(broker: Broker, hub:
     async def send(body: bytes) -> None:
         writes.append(body)
 
-    await replay(hub, subscriber, send)
+    await attach_and_replay(hub, subscriber, send)
     events = wire(b"".join(writes))
     assert [(e.event, e.data) for e in events] == [("a", "m1"), ("b", "m0"), ("b", "m1"), ("b", "m2")]
     assert subscriber.positions == {"a": a_ids[1], "b": b_ids[2]}
@@ -169,7 +179,7 @@ async def test_replay_after_a_trim_sends_one_gap_then_what_is_left(
     async def send(body: bytes) -> None:
         writes.append(body)
 
-    await replay(hub, subscriber, send)
+    await attach_and_replay(hub, subscriber, send)
     assert wire(b"".join(writes)) == [gap("a", ids[0], ids[3])] + [message(ids[i], i) for i in (3, 4, 5)]
     assert subscriber.gaps_sent == 1
 
@@ -185,7 +195,7 @@ async def test_replay_trimmed_right_up_to_the_cursor_sends_no_gap(
     async def send(body: bytes) -> None:
         writes.append(body)
 
-    await replay(hub, subscriber, send)
+    await attach_and_replay(hub, subscriber, send)
     assert wire(b"".join(writes)) == [message(ids[i], i) for i in (3, 4, 5)]
     assert subscriber.gaps_sent == 0
 
@@ -201,7 +211,7 @@ async def test_replay_after_the_buffer_expired_offers_one_gap_from_the_cursor(
     async def send(body: bytes) -> None:
         writes.append(body)
 
-    await replay(hub, subscriber, send)
+    await attach_and_replay(hub, subscriber, send)
     assert writes == []
     assert wire(subscriber.take()) == [gap("a", ids[0], ZERO)]
     assert subscriber.gaps_sent == 1
@@ -215,7 +225,7 @@ async def test_replay_of_a_client_already_up_to_date_sends_no_gap(broker: Broker
     async def send(body: bytes) -> None:
         raise AssertionError(f"nothing to send, yet {body!r} was sent")
 
-    await replay(hub, subscriber, send)
+    await attach_and_replay(hub, subscriber, send)
     assert subscriber.queued == 0
     assert subscriber.gaps_sent == 0
 
@@ -226,7 +236,7 @@ async def test_replay_from_zero_of_a_channel_without_buffer_sends_no_gap(broker:
     async def send(body: bytes) -> None:
         raise AssertionError(f"nothing to send, yet {body!r} was sent")
 
-    await replay(hub, subscriber, send)
+    await attach_and_replay(hub, subscriber, send)
     assert subscriber.queued == 0
     assert subscriber.gaps_sent == 0
 
@@ -240,7 +250,7 @@ async def test_replay_of_a_closed_subscriber_sends_nothing_and_never_goes_live(b
     async def send(body: bytes) -> None:
         writes.append(body)
 
-    await replay(hub, subscriber, send)
+    await attach_and_replay(hub, subscriber, send)
     assert writes == []
     assert subscriber.replaying
 

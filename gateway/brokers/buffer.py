@@ -1,0 +1,79 @@
+"""The replay buffer and the publish script, as one Redis client (a single node's or a cluster's) reaches them.
+
+Both brokers share this: the commands are the same, and a cluster client routes each by its key's slot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from importlib import resources
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from gateway.brokers.envelope import from_stream_entry
+from gateway.brokers.naming import Naming
+from gateway.brokers.protocol import BACKLOG_PAGE
+from gateway.config import Settings
+from gateway.cursor import MAX_STREAM_ID, ZERO, StreamId, format_stream_id, parse_stream_id
+from gateway.errors import BadRequest, RedisUnavailable
+from gateway.events import Event
+from gateway.sse import event_type_problem
+
+PUBLISH_SCRIPT = resources.files("gateway.brokers").joinpath("publish.lua").read_text()
+
+
+class RedisBuffer:
+    """Publish, tail, backlog and buffered for a client with the redis-py command API; ``publish_command`` is
+    PUBLISH on one node and SPUBLISH on a cluster (the channel then stays on its slot's node).
+    """
+
+    def __init__(self, client: Any, settings: Settings, *, publish_command: str = "PUBLISH") -> None:
+        self.client = client
+        self.naming = Naming(settings.key_prefix)
+        self._maxlen = settings.buffer_maxlen
+        self._max_age_ms = int(settings.buffer_max_age * 1000)
+        self._idle_ttl_ms = int(settings.buffer_idle_ttl * 1000)
+        self._publish_command = publish_command
+        self._publish = client.register_script(PUBLISH_SCRIPT)
+
+    async def publish(self, channel: str, data: str, event_type: str | None = None) -> str:
+        if event_type is not None and (problem := event_type_problem(event_type)):
+            raise BadRequest(problem, code="bad_event_type")
+        keys = [self.naming.stream_key(channel), self.naming.pubsub_channel(channel)]
+        args = [self._maxlen, self._max_age_ms, event_type or "", data, self._idle_ttl_ms, self._publish_command]
+        try:
+            stream_id = await self._publish(keys=keys, args=args)
+        except (RedisError, OSError) as exc:
+            raise RedisUnavailable(f"Redis is unreachable; the event was not published ({exc})") from exc
+        return stream_id.decode() if isinstance(stream_id, bytes) else str(stream_id)
+
+    async def tail(self, channel: str) -> StreamId:
+        try:
+            newest = await self.client.xrevrange(self.naming.stream_key(channel), count=1)
+        except (RedisError, OSError) as exc:
+            raise RedisUnavailable(f"Redis is unreachable ({exc})") from exc
+        return parse_stream_id(newest[0][0].decode()) if newest else ZERO
+
+    async def backlog(self, channel: str, after: StreamId) -> AsyncIterator[list[Event]]:
+        if after == MAX_STREAM_ID:
+            return  # nothing can come after it, and Redis refuses an exclusive range from it
+        key = self.naming.stream_key(channel)
+        start = "(" + format_stream_id(after)
+        while True:
+            try:
+                page = await self.client.xrange(key, min=start, max="+", count=BACKLOG_PAGE)
+            except (RedisError, OSError) as exc:
+                raise RedisUnavailable(f"Redis is unreachable ({exc})") from exc
+            if not page:
+                return
+            yield [from_stream_entry(channel, entry) for entry in page]
+            if len(page) < BACKLOG_PAGE:
+                return
+            start = "(" + page[-1][0].decode()
+
+    async def buffered(self, channel: str) -> bool:
+        try:
+            return bool(await self.client.exists(self.naming.stream_key(channel)))
+        except (RedisError, OSError) as exc:
+            raise RedisUnavailable(f"Redis is unreachable ({exc})") from exc

@@ -1,0 +1,176 @@
+"""The Broker protocol, the same tests on every implementation: one Redis, and a real cluster of each server kind.
+
+Channels of the cluster cases span all three primaries, so every test crosses nodes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import pytest
+import redis
+
+from gateway.brokers import broker_for
+from gateway.brokers.protocol import Broker
+from gateway.config import Settings
+from gateway.cursor import ZERO, parse_stream_id
+from gateway.errors import BadRequest
+from gateway.events import Event
+from tests.clusters import RedisClusterProcesses
+from tests.servers import RedisProcess
+
+
+@dataclass
+class Target:
+    """What a test needs of the Redis behind a broker: its URL, a raw client for a key, and channels to use."""
+
+    url: str
+    raw_for: Callable[[str], redis.Redis]
+    channels: list[str]
+    cluster: RedisClusterProcesses | None = None
+
+
+@dataclass
+class Recorder:
+    events: list[Event] = field(default_factory=list)
+    catch_ups: list[str] = field(default_factory=list)
+
+    def on_event(self, event: Event) -> None:
+        self.events.append(event)
+
+    async def on_catch_up(self, channel: str) -> None:
+        self.catch_ups.append(channel)
+
+    async def wait_for(self, condition: Callable[[], bool], what: str, timeout: float = 10) -> None:
+        async with asyncio.timeout(timeout):
+            while not condition():
+                await asyncio.sleep(0.01)  # polling a condition, with a bound; not a wait standing in for one
+
+    def data(self, channel: str) -> list[str]:
+        return [event.data for event in self.events if event.channel == channel]
+
+
+def spanning_channels(cluster: RedisClusterProcesses, base: str) -> list[str]:
+    """Three channel names whose slots are on three different primaries."""
+    chosen: dict[int, str] = {}
+    for i in range(200):
+        name = f"{base}-{i}"
+        owner = cluster.owner_of(f"sse:{{{name}}}").port
+        chosen.setdefault(owner, name)
+        if len(chosen) == 3:
+            return list(chosen.values())
+    raise AssertionError("no three channels on three primaries in 200 names")
+
+
+@pytest.fixture(params=["single", "redis_cluster", "valkey_cluster"])
+def target(request: pytest.FixtureRequest) -> Target:
+    base = "c-" + uuid.uuid4().hex[:8]
+    if request.param == "single":
+        server: RedisProcess = request.getfixturevalue("redis_server")
+        return Target(server.url, lambda key: server.client(), [f"{base}-{i}" for i in range(3)])
+    cluster: RedisClusterProcesses = request.getfixturevalue(request.param)
+    return Target(
+        cluster.url, lambda key: cluster.owner_of(key).client(), spanning_channels(cluster, base), cluster=cluster
+    )
+
+
+@pytest.fixture
+async def broker(target: Target) -> AsyncIterator[Broker]:
+    broker = broker_for(Settings(redis_url=target.url))
+    yield broker
+    await broker.close()
+
+
+@pytest.fixture
+async def started(broker: Broker) -> AsyncIterator[tuple[Broker, Recorder]]:
+    recorder = Recorder()
+    await broker.start(recorder.on_event, recorder.on_catch_up)
+    yield broker, recorder
+
+
+async def test_the_implementation_matches_the_redis(broker: Broker, target: Target) -> None:
+    assert type(broker).__name__ == ("ClusterBroker" if target.cluster else "SingleNodeBroker")
+
+
+async def test_publish_buffers_each_event_and_the_backlog_reads_them_with_their_previous_ids(
+    broker: Broker, target: Target
+) -> None:
+    for channel in target.channels:
+        assert await broker.tail(channel) == ZERO
+        assert not await broker.buffered(channel)
+        ids = [parse_stream_id(await broker.publish(channel, f"{channel} {n}", "tick")) for n in range(3)]
+        assert await broker.tail(channel) == ids[-1]
+        assert await broker.buffered(channel)
+        [page] = [page async for page in broker.backlog(channel, ZERO)]
+        assert [(e.stream_id, e.previous, e.type, e.data) for e in page] == [
+            (ids[n], ([ZERO, *ids][n]), "tick", f"{channel} {n}") for n in range(3)
+        ]
+        assert [e.stream_id for page in [p async for p in broker.backlog(channel, ids[0])] for e in page] == ids[1:]
+
+
+async def test_a_bad_event_type_is_refused_as_bad_input_and_nothing_is_buffered(broker: Broker, target: Target) -> None:
+    channel = target.channels[0]
+    with pytest.raises(BadRequest):
+        await broker.publish(channel, "data", "tick\nretry: 1")
+    assert not await broker.buffered(channel)
+
+
+async def test_subscriptions_are_confirmed_and_deliver_every_event_in_order(
+    started: tuple[Broker, Recorder], target: Target
+) -> None:
+    broker, recorder = started
+    confirmations = [broker.subscribe(channel) for channel in target.channels]
+    async with asyncio.timeout(10):
+        for confirmed in confirmations:
+            await confirmed.wait()
+    assert broker.live and await broker.ping()
+    for n in range(20):
+        for channel in target.channels:
+            await broker.publish(channel, f"{n}")
+    await recorder.wait_for(lambda: len(recorder.events) == 60, "every event")
+    for channel in target.channels:
+        assert recorder.data(channel) == [f"{n}" for n in range(20)]
+        events = [event for event in recorder.events if event.channel == channel]
+        assert [e.previous for e in events[1:]] == [e.stream_id for e in events[:-1]]
+    assert recorder.catch_ups == []
+
+
+async def test_an_event_buffered_but_never_published_makes_the_broker_ask_for_a_catch_up(
+    started: tuple[Broker, Recorder], target: Target
+) -> None:
+    broker, recorder = started
+    channel = target.channels[-1]
+    async with asyncio.timeout(10):
+        await broker.subscribe(channel).wait()
+    first = await broker.publish(channel, "first")
+    await recorder.wait_for(lambda: recorder.data(channel) == ["first"], "the first event")
+    target.raw_for(f"sse:{{{channel}}}").xadd(f"sse:{{{channel}}}:buffer", {"p": first, "e": "", "d": "unpublished"})
+    await broker.publish(channel, "last")
+    await recorder.wait_for(lambda: recorder.data(channel) == ["first", "last"], "the last event")
+    assert recorder.catch_ups == [channel], "asked before the event after the hole was delivered"
+
+
+async def test_an_unsubscribed_channel_is_left_on_its_node(started: tuple[Broker, Recorder], target: Target) -> None:
+    broker, recorder = started
+    channel = target.channels[1]
+    raw = target.raw_for(f"sse:{{{channel}}}")
+    count = raw.pubsub_shardnumsub if target.cluster else raw.pubsub_numsub
+    async with asyncio.timeout(10):
+        await broker.subscribe(channel).wait()
+    assert count(f"sse:{{{channel}}}")[0][1] == 1
+    broker.unsubscribe(channel)
+    await recorder.wait_for(lambda: count(f"sse:{{{channel}}}")[0][1] == 0, "the delayed unsubscribe")
+
+
+async def test_publish_loads_the_script_again_after_the_script_cache_is_flushed(broker: Broker, target: Target) -> None:
+    # A promoted replica has no scripts (the cache is not replicated): EVALSHA answers NOSCRIPT.
+    first = await broker.publish(target.channels[0], "before")
+    nodes = target.cluster.running() if target.cluster else None
+    for client in [node.client() for node in nodes] if nodes else [target.raw_for("")]:
+        client.script_flush()
+    for channel in target.channels:
+        assert parse_stream_id(await broker.publish(channel, "after")) > ZERO
+    assert parse_stream_id(await broker.publish(target.channels[0], "again")) > parse_stream_id(first)

