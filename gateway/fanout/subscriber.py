@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from gateway.cursor import ZERO, StreamId, channel_set_tag, format_cursor, format_position, format_stream_id
 from gateway.events import Event
 from gateway.fanout.fastpath import ChunkWriter
-from gateway.http.stepping import Blocked, finish, send_now
+from gateway.fanout.stepping import Blocked, finish, send_now
 from gateway.metrics import GAP_EVENTS, WRITES_WAITED
 from gateway.sse import encode_comment, encode_event
 

@@ -23,8 +23,8 @@ from gateway.cursor import StreamId
 from gateway.errors import RedisUnavailable
 from gateway.fanout.hub import Hub
 from gateway.fanout.replay import replay, start_positions
+from gateway.fanout.stepping import Watch
 from gateway.fanout.subscriber import Subscriber
-from gateway.http.stepping import Watch
 from gateway.metrics import OPEN_STREAMS, REFUSED, REPLAYS, STREAMS_CLOSED
 from gateway.sse import encode_comment, encode_retry
 

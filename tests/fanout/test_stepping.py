@@ -1,4 +1,4 @@
-"""gateway.http.stepping: awaitables run by hand, as far as they go, and finished or watched without a task of their
+"""gateway.fanout.stepping: awaitables run by hand, as far as they go, and finished or watched without a task of their
 own."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from gateway.http.stepping import Watch, finish, send_now
+from gateway.fanout.stepping import Watch, finish, send_now
 from tests.fanout.test_flusher import Client, turn
 
 
