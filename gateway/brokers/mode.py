@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from urllib.parse import urlsplit
 
 import redis
 from redis.exceptions import RedisError
@@ -35,7 +36,7 @@ def resolve_cluster_mode(settings: Settings) -> Settings:
     if enabled is None:
         if settings.redis_cluster == "off" and len(urls) == 1:
             return settings
-        raise BrokerModeError(f"no Redis answers at {', '.join(urls)} ({'; '.join(reasons)})")
+        raise BrokerModeError(f"no Redis answers at {', '.join(map(_address, urls))} ({'; '.join(reasons)})")
     if settings.redis_cluster == "on" and not enabled:
         raise BrokerModeError(f"redis_cluster is on, but the Redis at {_address(urls[0])} is not in cluster mode")
     if settings.redis_cluster == "off" and enabled:
@@ -45,7 +46,7 @@ def resolve_cluster_mode(settings: Settings) -> Settings:
     if settings.redis_cluster == "off" and len(urls) > 1:
         raise BrokerModeError("several Redis URLs name the seed nodes of a cluster; with one Redis give one URL")
     mode = "on" if enabled else "off"
-    log.info("redis %s: %s", "cluster, sharded pub/sub" if enabled else "single node", ", ".join(urls))
+    log.info("redis %s: %s", "cluster, sharded pub/sub" if enabled else "single node", ", ".join(map(_address, urls)))
     return settings.replace(redis_cluster=mode)
 
 
@@ -58,4 +59,6 @@ def _cluster_enabled(url: str) -> bool:
 
 
 def _address(url: str) -> str:
-    return url.split("@")[-1]
+    """host:port (or the socket path), without the scheme or any credentials."""
+    parts = urlsplit(url)
+    return parts.path if parts.scheme == "unix" else parts.netloc.rpartition("@")[2]

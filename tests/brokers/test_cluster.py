@@ -1,0 +1,134 @@
+"""The gateway on a real Redis Cluster: streams on every primary, a resume on another gateway, a slot migrated
+while its channel streams, and the start refused where the cluster setting and the Redis disagree."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.brokers.test_contract import spanning_channels
+from tests.clusters import ClusterNode, RedisClusterProcesses
+from tests.servers import GatewayProcess, RedisProcess, free_port
+from tests.streams import open_stream, publish
+from tests.test_metrics import _value
+
+
+@pytest.fixture
+def gateways_on(request: pytest.FixtureRequest) -> Iterator[list[GatewayProcess]]:
+    started: list[GatewayProcess] = []
+    yield started
+    for gateway in started:
+        gateway.stop()
+
+
+@pytest.mark.parametrize("kind", ["redis_cluster", "valkey_cluster"])
+async def test_streams_on_every_primary_and_a_resume_through_another_gateway(request, kind, gateways_on):
+    cluster: RedisClusterProcesses = request.getfixturevalue(kind)
+    channels = spanning_channels(cluster, "g-" + uuid.uuid4().hex[:8])
+    first, second = (GatewayProcess(cluster.url).start() for _ in range(2))
+    gateways_on.extend([first, second])
+    assert "redis cluster, sharded pub/sub" in first.log()
+    ids = {}
+    for channel in channels:
+        async with open_stream(f"{first.url}/events/{channel}") as stream:
+            await stream.read_raw_until(b"retry:")
+            ids[channel] = [await publish(second.url, channel, f"{channel} {n}") for n in range(3)]
+            assert [(e.id, e.data) for e in await stream.take(3)] == [
+                (event_id, f"{channel} {n}") for n, event_id in enumerate(ids[channel])
+            ]
+        # The client's gateway is gone; another one resumes it exactly from the buffer on the channel's node.
+        async with open_stream(f"{second.url}/events/{channel}", last_event_id=ids[channel][0]) as resumed:
+            assert [e.id for e in await resumed.take(2)] == ids[channel][1:]
+    assert httpx.get(f"{first.url}/readyz").status_code == 200
+
+
+def migrate_slot(cluster: RedisClusterProcesses, key: str, target: ClusterNode) -> None:
+    """Move ``key``'s slot, with its keys, to ``target`` as redis-cli --cluster reshard does."""
+    slot, source = cluster.slot_of(key), cluster.owner_of(key)
+    source_id = source.client().execute_command("CLUSTER", "MYID").decode()
+    target_id = target.client().execute_command("CLUSTER", "MYID").decode()
+    target.client().execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+    source.client().execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+    while keys := source.client().execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+        source.client().execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
+    for node in cluster.primaries():
+        node.client().execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+
+
+@pytest.fixture
+def own_cluster() -> Iterator[RedisClusterProcesses]:
+    processes = RedisClusterProcesses("redis").start()
+    yield processes
+    processes.stop()
+
+
+@pytest.mark.timeout(90)
+async def test_a_slot_migrated_while_its_channel_streams_loses_and_repeats_nothing(own_cluster, gateways_on):
+    channel = "moving-" + uuid.uuid4().hex[:8]
+    gateway = GatewayProcess(own_cluster.url).start()
+    gateways_on.append(gateway)
+    key = f"sse:{{{channel}}}"
+    acknowledged: list[str] = []
+    moved = asyncio.Event()
+
+    async def publish_until_moved_and_after() -> None:
+        async with httpx.AsyncClient(timeout=10) as client:
+            n = 0
+            while not moved.is_set() or n < len(acknowledged) + 50 and len(acknowledged) < 400:
+                response = await client.post(f"{gateway.url}/publish/{channel}", content=f"{n}")
+                if response.status_code == 201:
+                    acknowledged.append(response.json()["id"])
+                n += 1
+                if moved.is_set() and len(acknowledged) >= 300:
+                    return
+
+    async with open_stream(f"{gateway.url}/events/{channel}") as stream:
+        await stream.read_raw_until(b"retry:")
+        publisher = asyncio.create_task(publish_until_moved_and_after())
+        while len(acknowledged) < 50:
+            await asyncio.sleep(0.01)  # polling the publisher's progress
+        target = next(node for node in own_cluster.primaries() if node.port != own_cluster.owner_of(key).port)
+        await asyncio.to_thread(migrate_slot, own_cluster, key, target)
+        moved.set()
+        await publisher
+        received = [event.id for event in await stream.take(len(acknowledged), timeout=30)]
+    assert own_cluster.owner_of(key).port == target.port
+    assert received == acknowledged, "every acknowledged event once, in order"
+    metrics = httpx.get(f"{gateway.url}/metrics").text
+    assert _value(metrics, "sse_cluster_resubscriptions_total") >= 1
+    assert httpx.get(f"{gateway.url}/readyz").status_code == 200
+
+
+def _serve(*args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "gateway", "serve", "--port", "0", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=30)
+
+
+def _the_error(result: subprocess.CompletedProcess[str]) -> str:
+    errors = [line for line in result.stderr.splitlines() if " ERROR " in line]
+    assert result.returncode == 3 and len(errors) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    return errors[0]
+
+
+def test_cluster_on_against_a_single_redis_refuses_to_start(redis_server: RedisProcess):
+    error = _the_error(_serve("--redis-url", redis_server.url, "--redis-cluster", "on"))
+    assert "redis_cluster is on, but the Redis at 127.0.0.1:" in error and "is not in cluster mode" in error
+
+
+def test_cluster_off_against_a_cluster_node_refuses_to_start(redis_cluster: RedisClusterProcesses):
+    error = _the_error(_serve("--redis-url", f"redis://{redis_cluster.nodes[0].address}", "--redis-cluster", "off"))
+    assert "redis_cluster is off, but the Redis at" in error and "is a cluster node" in error
+
+
+@pytest.mark.parametrize("mode", ["auto", "on"])
+def test_a_url_naming_no_reachable_node_is_a_clear_error_within_seconds(mode):
+    dead = f"redis://127.0.0.1:{free_port()},redis://127.0.0.1:{free_port()}"
+    error = _the_error(_serve("--redis-url", dead, "--redis-cluster", mode))
+    assert "not starting: no Redis answers at 127.0.0.1:" in error
