@@ -153,10 +153,14 @@ def _publish_to_redis(args: argparse.Namespace, data: str) -> dict[str, Any]:
 async def _publish_with_broker(
     url: str, settings: Settings, channel: str, data: str, event: str | None
 ) -> dict[str, Any]:
-    from gateway.brokers import broker_for
+    from gateway.brokers import BrokerModeError, broker_for
     from gateway.brokers.naming import validate_channel
+    from gateway.errors import RedisUnavailable
 
-    broker = broker_for(settings.replace(redis_url=url))
+    try:
+        broker = broker_for(settings.replace(redis_url=url))
+    except BrokerModeError as exc:
+        raise RedisUnavailable(str(exc)) from exc
     try:
         return {"channel": channel, "id": await broker.publish(validate_channel(channel), data, event)}
     finally:
