@@ -29,6 +29,12 @@ class Settings:
         "redis://, rediss:// or unix:// URL (a cluster: any node, or several, comma-separated); unset starts an "
         "embedded server",
     )
+    publish_replicas: int = setting(
+        0, "replicas that must have an event before its publish is acknowledged and sent live (0: none; see README)"
+    )
+    publish_replicas_timeout: float = setting(
+        1.0, "seconds a publish waits for those replicas; past it a 503 not_replicated"
+    )
     redis_cluster: str = setting(
         "auto",
         "Redis Cluster with sharded Pub/Sub: on, off, or auto (asks the node at start)",
@@ -82,12 +88,12 @@ class Settings:
             "heartbeat", "max_channels", "max_connections", "max_body_bytes", "client_buffer_events",
             "client_buffer_bytes", "publish_burst",
         )  # fmt: skip
-        for name in (*positive, "send_timeout", "workers"):
+        for name in (*positive, "send_timeout", "workers", "publish_replicas_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be greater than 0, not {getattr(self, name)}")
         not_negative = ("retry_ms", "buffer_maxlen", "buffer_max_age", "buffer_idle_ttl", "shutdown_grace")
         limits = ("max_request_head_bytes", "request_timeout", "max_http_connections")
-        for name in (*not_negative, *limits, "publish_rate"):
+        for name in (*not_negative, *limits, "publish_rate", "publish_replicas"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative, not {getattr(self, name)}")
 

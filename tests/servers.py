@@ -30,8 +30,9 @@ def free_port() -> int:
 class RedisProcess:
     """A redis-server (or valkey-server) on a fixed port, so a restart comes back at the same URL."""
 
-    def __init__(self, *, appendonly: bool = False) -> None:
+    def __init__(self, *, appendonly: bool = False, replica_of: RedisProcess | None = None) -> None:
         self.port = free_port()
+        self.replica_of = replica_of
         self.directory = Path(tempfile.mkdtemp(prefix="sse-test-redis-"))
         self.appendonly = appendonly
         self.process: subprocess.Popen[bytes] | None = None
@@ -51,9 +52,16 @@ class RedisProcess:
             "--appendfsync", "always",
             "--logfile", str(self.directory / "server.log"),
         ]  # fmt: skip
+        if self.replica_of is not None:
+            command += ["--replicaof", "127.0.0.1", str(self.replica_of.port), "--repl-diskless-sync-delay", "0"]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_until(self.answers, what=f"redis on port {self.port}")
+        if self.replica_of is not None:
+            wait_until(self.in_sync, what=f"replica on port {self.port} in sync")
         return self
+
+    def in_sync(self) -> bool:
+        return self.client().info("replication").get("master_link_status") == "up"
 
     def answers(self) -> bool:
         try:

@@ -11,7 +11,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from gateway.brokers.envelope import from_stream_entry
+from gateway.brokers.envelope import ENVELOPE_MARK, from_stream_entry
 from gateway.brokers.naming import Naming
 from gateway.brokers.protocol import BACKLOG_PAGE
 from gateway.config import Settings
@@ -26,6 +26,12 @@ PUBLISH_SCRIPT = resources.files("gateway.brokers").joinpath("publish.lua").read
 class RedisBuffer:
     """Publish, tail, backlog and buffered for a client with the redis-py command API; ``publish_command`` is
     PUBLISH on one node and SPUBLISH on a cluster (the channel then stays on its slot's node).
+
+    With ``publish_replicas`` N > 0 a publish is three steps, in this order: the script writes the entry and sends
+    nothing live; WAIT, on the same connection, until N replicas have it; only then the envelope goes out live. So no
+    client is sent an event that a failover could still take out of the buffer, and the publisher's 201 means that
+    N replicas hold it. If the WAIT falls short, the answer is 503 ``not_replicated`` and nothing is sent live; the
+    entry stays in the buffer (Redis cannot take it back), so a client may still read it later from there.
     """
 
     def __init__(self, client: Any, settings: Settings, *, publish_command: str = "PUBLISH") -> None:
@@ -36,17 +42,44 @@ class RedisBuffer:
         self._idle_ttl_ms = int(settings.buffer_idle_ttl * 1000)
         self._publish_command = publish_command
         self._publish = client.register_script(PUBLISH_SCRIPT)
+        self._replicas = settings.publish_replicas
+        self._replicas_timeout_ms = max(1, int(settings.publish_replicas_timeout * 1000))
 
     async def publish(self, channel: str, data: str, event_type: str | None = None) -> str:
         if event_type is not None and (problem := event_type_problem(event_type)):
             raise BadRequest(problem, code="bad_event_type")
         keys = [self.naming.stream_key(channel), self.naming.pubsub_channel(channel)]
-        args = [self._maxlen, self._max_age_ms, event_type or "", data, self._idle_ttl_ms, self._publish_command]
+        args = [self._maxlen, self._max_age_ms, event_type or "", data, self._idle_ttl_ms]
         try:
-            stream_id = await self._publish(keys=keys, args=args)
+            if self._replicas:
+                return await self._publish_replicated(keys, args, event_type, data)
+            stream_id = await self._publish(keys=keys, args=[*args, self._publish_command])
         except (RedisError, OSError) as exc:
             raise RedisUnavailable(f"Redis is unreachable; the event was not published ({exc})") from exc
         return stream_id.decode() if isinstance(stream_id, bytes) else str(stream_id)
+
+    async def _publish_replicated(self, keys: list[str], args: list[Any], event_type: str | None, data: str) -> str:
+        # One connection for the write and the WAIT: WAIT counts the replicas that have this connection's writes.
+        async with (await self._primary_for(keys[0])).pipeline(transaction=False) as pipe:
+            await self._publish(keys=keys, args=[*args, "LATER"], client=pipe)
+            pipe.wait(self._replicas, self._replicas_timeout_ms)
+            (stream_id, previous), replicated = await pipe.execute()
+        if replicated < self._replicas:
+            raise RedisUnavailable(
+                f"only {replicated} of {self._replicas} replicas had the event after "
+                f"{self._replicas_timeout_ms} ms; it was not sent live",
+                code="not_replicated",
+            )
+        envelope = ENVELOPE_MARK + b"\n".join([stream_id, previous, (event_type or "").encode(), data.encode()])
+        await self._send_live(keys[1], envelope)
+        return stream_id.decode()
+
+    async def _primary_for(self, key: str) -> Any:
+        """A client whose connections all go to the primary of ``key``; one node's client is that already."""
+        return self.client
+
+    async def _send_live(self, pubsub_channel: str, envelope: bytes) -> None:
+        await self.client.execute_command(self._publish_command, pubsub_channel, envelope)
 
     async def tail(self, channel: str) -> StreamId:
         try:

@@ -17,13 +17,15 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Coroutine
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.exceptions import RedisError
+from redis.exceptions import MovedError, RedisError
 
 from gateway.brokers.buffer import RedisBuffer
-from gateway.brokers.connections import without_maintenance_notifications
+from gateway.brokers.connections import connect, without_maintenance_notifications
 from gateway.brokers.protocol import OnCatchUp, OnEvent
 from gateway.brokers.upstream import Upstream
 from gateway.config import Settings
@@ -59,6 +61,7 @@ class ClusterBroker(RedisBuffer):
         )
         super().__init__(client, settings, publish_command="SPUBLISH")
         self._upstreams: dict[str, Upstream] = {}  # by node name, "host:port"
+        self._primaries: dict[str, aioredis.Redis] = {}  # one node's own client, for a write and its WAIT
         self._on_event: OnEvent | None = None
         self._on_catch_up: OnCatchUp | None = None
         self._check_now = asyncio.Event()
@@ -100,7 +103,24 @@ class ClusterBroker(RedisBuffer):
         await stop_tasks(list(self._tasks))
         for upstream in self._upstreams.values():
             await upstream.stop()
+        for client in self._primaries.values():
+            await client.aclose()
         await self.client.aclose()
+
+    async def _publish_replicated(self, keys: list[str], args: list[Any], event_type: str | None, data: str) -> str:
+        try:
+            return await super()._publish_replicated(keys, args, event_type, data)
+        except MovedError:
+            # The slot moved since the map was read: read it again, and write to the new primary once.
+            await self.client.nodes_manager.initialize()
+            return await super()._publish_replicated(keys, args, event_type, data)
+
+    async def _primary_for(self, key: str) -> aioredis.Redis:
+        node = self.client.get_node_from_key(key)
+        client = self._primaries.get(node.name)
+        if client is None:
+            client = self._primaries[node.name] = connect(self._node_url(node.host, node.port), max_connections=16)
+        return client
 
     # -- the topology ---------------------------------------------------------------------------------------------
 

@@ -4,7 +4,9 @@
 -- ARGV[1] MAXLEN (0: no length limit), ARGV[2] max age in ms (0: no age limit), ARGV[3] event type ('' for none),
 -- ARGV[4] data, ARGV[5] (optional) ms a buffer without an age limit lives after its last publish (0: for ever;
 -- absent: one day), ARGV[6] (optional) PUBLISH (the default) or SPUBLISH (Redis Cluster: sharded Pub/Sub, so the
--- message stays on the node of the channel's slot)
+-- message stays on the node of the channel's slot), or LATER: publish nothing and return {id, previous id}, for a
+-- caller that first WAITs for replicas to have the entry and then publishes the envelope itself
+-- (gateway.brokers.buffer)
 local event_type = ARGV[3]
 if string.find(event_type, '[\r\n%z]') then
   return redis.error_reply('ERR event type must not contain CR, LF or NUL')
@@ -43,6 +45,9 @@ if expiry > 0 then
   redis.call('PEXPIRE', KEYS[1], expiry)
 end
 -- The envelope carries the previous id too, so a subscriber can tell that it missed a message (gateway.brokers.envelope).
+if ARGV[6] == 'LATER' then
+  return {id, previous}
+end
 local publish = 'PUBLISH'
 if ARGV[6] == 'SPUBLISH' then publish = 'SPUBLISH' end
 redis.call(publish, KEYS[2], '\0sse2\n' .. id .. '\n' .. previous .. '\n' .. event_type .. '\n' .. ARGV[4])
