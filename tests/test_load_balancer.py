@@ -1,0 +1,91 @@
+"""Several gateways behind a real nginx running deploy/nginx/sse-gateway.conf: events stream through it, and a
+client whose gateway is killed reconnects through nginx to another one and resumes exactly."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.proxies import NginxProcess
+from tests.servers import GatewayProcess, RedisProcess
+from tests.streams import open_stream
+from tests.test_metrics import _value
+
+
+@pytest.fixture
+def behind_nginx(redis_server: RedisProcess) -> Iterator[tuple[NginxProcess, list[GatewayProcess]]]:
+    gateways = [GatewayProcess(redis_server.url).start() for _ in range(2)]
+    nginx = NginxProcess([gateway.port for gateway in gateways]).start()
+    yield nginx, gateways
+    nginx.stop()
+    for gateway in gateways:
+        gateway.stop()
+
+
+def _serving(gateways: list[GatewayProcess]) -> GatewayProcess:
+    """The gateway that holds the one open stream."""
+    (holder,) = [
+        g for g in gateways if _value(httpx.get(f"{g.url}/metrics", timeout=5).text, "sse_open_streams") == 1
+    ]
+    return holder
+
+
+@pytest.mark.timeout(90)
+async def test_a_client_whose_gateway_is_killed_resumes_exactly_through_nginx_on_another(behind_nginx, channel):
+    nginx, gateways = behind_nginx
+    acknowledged: list[str] = []
+    done = asyncio.Event()
+
+    async def publish_through_nginx() -> None:
+        async with httpx.AsyncClient(timeout=10) as client:
+            n = 0
+            while not done.is_set():
+                response = await client.post(f"{nginx.url}/publish/{channel}", content=f"{n}")
+                if response.status_code == 201:
+                    acknowledged.append(response.json()["id"])
+                n += 1
+                await asyncio.sleep(0.005)  # pacing the publisher, not a synchronisation
+
+    received: list[str] = []
+    publisher = asyncio.create_task(publish_through_nginx())
+    try:
+        async with open_stream(f"{nginx.url}/events/{channel}") as stream:
+            await stream.read_raw_until(b"retry:")
+            while len(received) < 30:
+                received.append((await stream.next_event()).id)
+            holder = await asyncio.to_thread(_serving, gateways)
+            holder.kill()
+            with pytest.raises(EOFError):  # nginx ends the client's response when its gateway dies
+                while True:
+                    received.append((await stream.next_event()).id)
+        # As EventSource would: reconnect to the same address with the last id seen.
+        async with open_stream(f"{nginx.url}/events/{channel}", last_event_id=received[-1]) as resumed:
+            await resumed.read_raw_until(b"retry:")
+            survivor = await asyncio.to_thread(_serving, [g for g in gateways if g is not holder])
+            assert survivor is not holder
+            target = len(acknowledged) + 30
+            while len(received) < target:
+                received.append((await resumed.next_event()).id)
+            done.set()
+            await publisher
+            while len(received) < len(acknowledged):
+                received.append((await resumed.next_event()).id)
+    finally:
+        done.set()
+        await publisher
+    assert received == acknowledged, "every acknowledged event once, in order, across the two gateways"
+
+
+def test_the_gateway_logs_the_clients_address_not_nginxs_and_not_a_forged_one(behind_nginx):
+    nginx, gateways = behind_nginx
+    # nginx reaches the gateways from 127.0.0.1; this client comes from another loopback address, and forges a header.
+    transport = httpx.HTTPTransport(local_address="127.0.0.3")
+    with httpx.Client(transport=transport, timeout=5) as client:
+        response = client.get(f"{nginx.url}/healthz", headers={"X-Forwarded-For": "203.0.113.9"})
+    assert response.status_code == 200
+    logs = "".join(gateway.log() for gateway in gateways)
+    assert '127.0.0.3:0 - "GET /healthz' in logs, logs[-2000:]
+    assert "203.0.113.9" not in logs
