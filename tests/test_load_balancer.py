@@ -27,9 +27,7 @@ def behind_nginx(redis_server: RedisProcess) -> Iterator[tuple[NginxProcess, lis
 
 def _serving(gateways: list[GatewayProcess]) -> GatewayProcess:
     """The gateway that holds the one open stream."""
-    (holder,) = [
-        g for g in gateways if _value(httpx.get(f"{g.url}/metrics", timeout=5).text, "sse_open_streams") == 1
-    ]
+    (holder,) = [g for g in gateways if _value(httpx.get(f"{g.url}/metrics", timeout=5).text, "sse_open_streams") == 1]
     return holder
 
 
