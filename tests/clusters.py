@@ -34,8 +34,9 @@ def server_binary(kind: str) -> str:
 
 
 class ClusterNode:
-    def __init__(self, binary: str, directory: Path) -> None:
+    def __init__(self, binary: str, directory: Path, extra: tuple[str, ...] = ()) -> None:
         self.binary = binary
+        self.extra = extra
         self.port, self.bus_port = free_port(), free_port()
         self.directory = directory / str(self.port)
         self.directory.mkdir(parents=True)
@@ -60,6 +61,7 @@ class ClusterNode:
             "--repl-diskless-sync", "yes",
             "--repl-diskless-sync-delay", "0",
             "--logfile", str(self.directory / "server.log"),
+            *self.extra,
         ]  # fmt: skip
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_until(self.answers, what=f"cluster node on port {self.port}")
@@ -104,12 +106,12 @@ class ClusterNode:
 class RedisClusterProcesses:
     """Six nodes, three primaries with a replica each, created by ``redis-cli --cluster create``."""
 
-    def __init__(self, kind: str = "redis", *, replicas: int = 1) -> None:
+    def __init__(self, kind: str = "redis", *, replicas: int = 1, extra: tuple[str, ...] = ()) -> None:
         self.kind = kind
         self.replicas = replicas
         self.directory = Path(tempfile.mkdtemp(prefix=f"sse-test-cluster-{kind}-"))
         binary = server_binary(kind)
-        self.nodes = [ClusterNode(binary, self.directory) for _ in range(3 * (1 + replicas))]
+        self.nodes = [ClusterNode(binary, self.directory, extra) for _ in range(3 * (1 + replicas))]
 
     @property
     def url(self) -> str:

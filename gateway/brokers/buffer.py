@@ -9,8 +9,9 @@ from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Any
 
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError
 
+from gateway.brokers.connections import REDIS_FAILURES
 from gateway.brokers.envelope import ENVELOPE_MARK, from_stream_entry
 from gateway.brokers.naming import Naming
 from gateway.brokers.protocol import BACKLOG_PAGE
@@ -53,8 +54,8 @@ class RedisBuffer:
         try:
             if self._replicas:
                 return await self._publish_replicated(keys, args, event_type, data)
-            stream_id = await self._publish(keys=keys, args=[*args, self._publish_command])
-        except (RedisError, OSError) as exc:
+            stream_id = await self._run_publish_script(keys, [*args, self._publish_command])
+        except REDIS_FAILURES as exc:
             raise RedisUnavailable(f"Redis is unreachable; the event was not published ({exc})") from exc
         return stream_id.decode() if isinstance(stream_id, bytes) else str(stream_id)
 
@@ -74,6 +75,17 @@ class RedisBuffer:
         await self._send_live(keys[1], envelope)
         return stream_id.decode()
 
+    async def _run_publish_script(self, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return await self.client.evalsha(self._publish.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            # A new server, a flushed cache, a promoted replica (the cache is not replicated): load it where it ran.
+            await self._load_publish_script(keys[0])
+            return await self.client.evalsha(self._publish.sha, len(keys), *keys, *args)
+
+    async def _load_publish_script(self, key: str) -> None:
+        await self.client.script_load(PUBLISH_SCRIPT)
+
     async def _primary_for(self, key: str) -> Any:
         """A client whose connections all go to the primary of ``key``; one node's client is that already."""
         return self.client
@@ -84,7 +96,7 @@ class RedisBuffer:
     async def tail(self, channel: str) -> StreamId:
         try:
             newest = await self.client.xrevrange(self.naming.stream_key(channel), count=1)
-        except (RedisError, OSError) as exc:
+        except REDIS_FAILURES as exc:
             raise RedisUnavailable(f"Redis is unreachable ({exc})") from exc
         return parse_stream_id(newest[0][0].decode()) if newest else ZERO
 
@@ -96,7 +108,7 @@ class RedisBuffer:
         while True:
             try:
                 page = await self.client.xrange(key, min=start, max="+", count=BACKLOG_PAGE)
-            except (RedisError, OSError) as exc:
+            except REDIS_FAILURES as exc:
                 raise RedisUnavailable(f"Redis is unreachable ({exc})") from exc
             if not page:
                 return
@@ -108,5 +120,5 @@ class RedisBuffer:
     async def buffered(self, channel: str) -> bool:
         try:
             return bool(await self.client.exists(self.naming.stream_key(channel)))
-        except (RedisError, OSError) as exc:
+        except REDIS_FAILURES as exc:
             raise RedisUnavailable(f"Redis is unreachable ({exc})") from exc

@@ -22,10 +22,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.exceptions import MovedError, RedisError
+from redis.exceptions import MovedError
 
-from gateway.brokers.buffer import RedisBuffer
-from gateway.brokers.connections import connect, without_maintenance_notifications
+from gateway.brokers.buffer import PUBLISH_SCRIPT, RedisBuffer
+from gateway.brokers.connections import REDIS_FAILURES, connect, without_maintenance_notifications
 from gateway.brokers.protocol import OnCatchUp, OnEvent
 from gateway.brokers.upstream import Upstream
 from gateway.config import Settings
@@ -73,7 +73,7 @@ class ClusterBroker(RedisBuffer):
         self._on_event, self._on_catch_up = on_event, on_catch_up
         try:
             await self.client.initialize()
-        except (RedisError, OSError) as exc:
+        except REDIS_FAILURES as exc:
             raise RedisUnavailable(f"no Redis Cluster node answers at {', '.join(self._seeds)} ({exc})") from exc
         self._checker = asyncio.create_task(self._check_topology(), name="gateway-cluster-topology")
 
@@ -95,7 +95,7 @@ class ClusterBroker(RedisBuffer):
     async def ping(self) -> bool:
         try:
             return bool(await self.client.ping(target_nodes=RedisCluster.PRIMARIES))
-        except (RedisError, OSError):
+        except REDIS_FAILURES:
             return False
 
     async def close(self) -> None:
@@ -114,6 +114,11 @@ class ClusterBroker(RedisBuffer):
             # The slot moved since the map was read: read it again, and write to the new primary once.
             await self.client.nodes_manager.initialize()
             return await super()._publish_replicated(keys, args, event_type, data)
+
+    async def _load_publish_script(self, key: str) -> None:
+        # On the key's primary only: redis-py's own reload goes to every primary and fails while any one is down.
+        node = self.client.get_node_from_key(key)
+        await self.client.execute_command("SCRIPT", "LOAD", PUBLISH_SCRIPT, target_nodes=node)
 
     async def _primary_for(self, key: str) -> aioredis.Redis:
         node = self.client.get_node_from_key(key)
@@ -169,7 +174,7 @@ class ClusterBroker(RedisBuffer):
             self._check_now.clear()
             try:
                 await self.client.nodes_manager.initialize()
-            except (RedisError, OSError) as exc:
+            except REDIS_FAILURES as exc:
                 log.warning("cannot read the cluster's slot map (%s); trying again", exc)
                 self._unowned = True
                 continue

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisClusterException, RedisError
+
+# Everything a Redis command can fail with: redis-py's cluster client raises some failures (a slot with no owner, a
+# cluster it cannot reach) outside its RedisError family.
+REDIS_FAILURES = (RedisError, RedisClusterException, OSError)
 
 
 def connect(url: str, *, max_connections: int = 64) -> aioredis.Redis:

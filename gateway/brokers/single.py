@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import asyncio
 
-from redis.exceptions import RedisError
-
 from gateway.brokers.buffer import PUBLISH_SCRIPT, RedisBuffer
-from gateway.brokers.connections import connect
+from gateway.brokers.connections import REDIS_FAILURES, connect
 from gateway.brokers.protocol import OnCatchUp, OnEvent
 from gateway.brokers.upstream import Upstream
 from gateway.config import Settings
@@ -45,7 +43,7 @@ class SingleNodeBroker(RedisBuffer):
     async def ping(self) -> bool:
         try:
             return bool(await self.client.ping())
-        except (RedisError, OSError):
+        except REDIS_FAILURES:
             return False
 
     async def close(self) -> None:

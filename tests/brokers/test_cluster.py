@@ -252,3 +252,34 @@ async def test_a_primary_lost_under_publishing_is_followed_to_its_promoted_repli
             assert set(received) <= set(buffered), "no client got an event the failover took out of the buffer"
     finally:
         cluster.stop()
+
+
+@pytest.mark.timeout(90)
+async def test_a_slot_with_no_reachable_owner_refuses_its_publishes_and_leaves_other_channels_alone(gateways_on):
+    # Without full coverage required, the rest of the cluster keeps serving while one shard is gone entirely.
+    cluster = RedisClusterProcesses("redis", extra=("--cluster-require-full-coverage", "no")).start()
+    try:
+        lost, kept = spanning_channels(cluster, "down-" + uuid.uuid4().hex[:8])[:2]
+        gateway = GatewayProcess(cluster.url).start()
+        gateways_on.append(gateway)
+        async with (
+            open_stream(f"{gateway.url}/events/{lost}") as on_lost,
+            open_stream(f"{gateway.url}/events/{kept}") as on_kept,
+        ):
+            await on_lost.read_raw_until(b"retry:")
+            await on_kept.read_raw_until(b"retry:")
+            shard = cluster.owner_of(f"sse:{{{lost}}}")
+            replica = _replica_of(cluster, shard)
+            replica.kill()
+            shard.kill()
+            async with httpx.AsyncClient(timeout=30) as client:
+                refused = await client.post(f"{gateway.url}/publish/{lost}", content="nowhere to go")
+                assert refused.status_code == 503 and refused.json()["error"] == "redis_unavailable", refused.text
+                event_id = await publish(gateway.url, kept, "still here")
+                assert (await on_kept.next_event()).id == event_id
+                # This process needs a slot that nobody serves: not ready.
+                ready = await client.get(f"{gateway.url}/readyz")
+                assert ready.status_code == 503, ready.text
+            assert not on_kept.finished
+    finally:
+        cluster.stop()
