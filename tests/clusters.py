@@ -165,14 +165,79 @@ class RedisClusterProcesses:
 
     def owner_of(self, key: str) -> ClusterNode:
         """The primary that serves ``key``'s slot now, as that primary itself sees it."""
+        owner = self.current_owner(key)
+        if owner is None:
+            raise AssertionError(f"no primary owns slot {self.slot_of(key)}")
+        return owner
+
+    def current_owner(self, key: str) -> ClusterNode | None:
         slot = self.slot_of(key)
         for node in self.primaries():
             for start, end, primary, *_ in node.client().execute_command("CLUSTER", "SLOTS"):
                 if start <= slot <= end and int(primary[1]) == node.port:
                     return node
-        raise AssertionError(f"no primary owns slot {slot}")
+        return None
+
+    def wait_for_new_owner(self, key: str, old: ClusterNode, timeout: float = 30) -> ClusterNode:
+        """The primary that took ``key``'s slot over from ``old``, once one has (a failover takes seconds)."""
+
+        def moved() -> bool:
+            owner = self.current_owner(key)
+            return owner is not None and owner.port != old.port
+
+        wait_until(moved, what=f"a new owner of slot {self.slot_of(key)}", timeout=timeout)
+        return self.owner_of(key)
 
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+# -- faults, each done to a primary of a running cluster ---------------------------------------------------------
+
+
+def migrate_slot(cluster: RedisClusterProcesses, key: str, target: ClusterNode) -> None:
+    """Move ``key``'s slot, with its keys, to ``target`` as redis-cli --cluster reshard does."""
+    slot, source = cluster.slot_of(key), cluster.owner_of(key)
+    source_id = source.client().execute_command("CLUSTER", "MYID").decode()
+    target_id = target.client().execute_command("CLUSTER", "MYID").decode()
+    target.client().execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+    source.client().execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+    while keys := source.client().execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+        source.client().execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
+    for node in cluster.primaries():
+        node.client().execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+
+
+def replica_of(cluster: RedisClusterProcesses, primary: ClusterNode) -> ClusterNode:
+    for node in cluster.running():
+        replication = node.client().info("replication")
+        if replication["role"] == "slave" and int(replication["master_port"]) == primary.port:
+            return node
+    raise AssertionError(f"no replica of {primary.address}")
+
+
+def kill_primary(cluster: RedisClusterProcesses, primary: ClusterNode) -> None:
+    primary.kill()
+
+
+def manual_failover(cluster: RedisClusterProcesses, primary: ClusterNode) -> None:
+    # CLUSTER FAILOVER on a replica: it takes over in step with its primary, which turns replica.
+    replica_of(cluster, primary).client().execute_command("CLUSTER", "FAILOVER")
+
+
+def pause_past_the_node_timeout(cluster: RedisClusterProcesses, primary: ClusterNode) -> None:
+    primary.pause()
+    try:
+        others = [node for node in cluster.running() if node is not primary]
+        wait_until(lambda: _promoted(others, primary), what="a replica promoted in place of the paused primary")
+    finally:
+        primary.resume()  # it comes back, learns it was replaced, and follows the new primary
+
+
+def _promoted(others: list[ClusterNode], paused: ClusterNode) -> bool:
+    replication = [node.client().info("replication") for node in others]
+    return sum(1 for r in replication if r["role"] == "master") == 3 and not any(
+        int(r.get("master_port", 0)) == paused.port for r in replication
+    )

@@ -1,6 +1,7 @@
 """Real processes to break, and live traffic through them, recorded by the invariant checker.
 
-``Rig`` is Redis with AOF (``appendfsync always``, so a SIGKILL loses nothing acknowledged) and one gateway on it.
+``Rig`` is Redis with AOF (``appendfsync always``, so a SIGKILL loses nothing acknowledged) and one gateway on it;
+``ClusterRig`` the same on a Redis Cluster.
 ``Workload`` is many resuming subscribers, single- and multi-channel, over a few channels, and one continuous
 publisher per channel; every publish attempt and every received event goes into a ``Checker``.
 """
@@ -11,11 +12,15 @@ import asyncio
 import contextlib
 import time
 import uuid
+from typing import Any
 
 import httpx
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
+from gateway.brokers.connections import REDIS_FAILURES
 from gateway.brokers.single import PUBLISH_SCRIPT
+from tests.clusters import RedisClusterProcesses
 from tests.invariants import Checker, Report, SubscriberLog
 from tests.servers import GatewayProcess, RedisProcess
 from tests.subscribers import ResumingSubscriber, new_stream_client
@@ -56,6 +61,22 @@ class Rig:
         if self.gateway is not None:
             self.gateway.stop()
         self.redis.stop()
+
+    def redis_client(self) -> Any:
+        """A client of the rig's Redis for the workload's own reads and script publishes."""
+        return aioredis.Redis.from_url(self.redis.url, socket_timeout=5)
+
+
+class ClusterRig(Rig):
+    """The same rig on a Redis Cluster: 3 primaries with 2 replicas each, so a promoted replica keeps one."""
+
+    def __init__(self, kind: str = "redis") -> None:
+        super().__init__()
+        self.redis = RedisClusterProcesses(kind, replicas=2)  # type: ignore[assignment]
+
+    def redis_client(self) -> Any:
+        first = self.redis.running()[0]
+        return RedisCluster(host="127.0.0.1", port=first.port, socket_timeout=5)
 
 
 def channel_names(count: int) -> list[str]:
@@ -131,7 +152,7 @@ class Workload:
 
     async def publish_direct(self, per_channel: int) -> None:
         """Publish with the gateway's script straight into Redis, as any program may; acknowledged by its id."""
-        client = aioredis.Redis.from_url(self.rig.redis.url, socket_timeout=5)
+        client = self.rig.redis_client()
         try:
             for _ in range(per_channel):
                 for channel in self.channels:
@@ -141,7 +162,7 @@ class Workload:
                         event_id = await client.eval(
                             PUBLISH_SCRIPT, 2, *keys, self.rig.buffer_maxlen, 3600000, "", data
                         )
-                    except (aioredis.RedisError, OSError) as exc:
+                    except REDIS_FAILURES as exc:
                         self.checker.unacknowledged(channel, data, f"script {type(exc).__name__}")
                     else:
                         self.checker.acknowledged(channel, event_id.decode(), data)
@@ -157,13 +178,13 @@ class Workload:
 
     async def buffered_ids(self) -> dict[str, list[str]] | None:
         """Every id each channel's replay buffer still holds, or None if Redis cannot say."""
-        client = aioredis.Redis.from_url(self.rig.redis.url, socket_timeout=5)
+        client = self.rig.redis_client()
         try:
             return {
                 channel: [entry_id.decode() for entry_id, _ in await client.xrange(f"sse:{{{channel}}}:buffer")]
                 for channel in self.channels
             }
-        except (aioredis.RedisError, OSError):
+        except REDIS_FAILURES:
             return None
         finally:
             await client.aclose()

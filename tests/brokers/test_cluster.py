@@ -14,8 +14,15 @@ import pytest
 
 from gateway.cursor import parse_stream_id
 from tests.brokers.test_contract import spanning_channels
-from tests.clusters import ClusterNode, RedisClusterProcesses
-from tests.servers import GatewayProcess, RedisProcess, free_port, wait_until
+from tests.clusters import (
+    RedisClusterProcesses,
+    kill_primary,
+    manual_failover,
+    migrate_slot,
+    pause_past_the_node_timeout,
+    replica_of,
+)
+from tests.servers import GatewayProcess, RedisProcess, free_port
 from tests.streams import open_stream, publish
 from tests.test_metrics import _value
 
@@ -47,19 +54,6 @@ async def test_streams_on_every_primary_and_a_resume_through_another_gateway(req
         async with open_stream(f"{second.url}/events/{channel}", last_event_id=ids[channel][0]) as resumed:
             assert [e.id for e in await resumed.take(2)] == ids[channel][1:]
     assert httpx.get(f"{first.url}/readyz").status_code == 200
-
-
-def migrate_slot(cluster: RedisClusterProcesses, key: str, target: ClusterNode) -> None:
-    """Move ``key``'s slot, with its keys, to ``target`` as redis-cli --cluster reshard does."""
-    slot, source = cluster.slot_of(key), cluster.owner_of(key)
-    source_id = source.client().execute_command("CLUSTER", "MYID").decode()
-    target_id = target.client().execute_command("CLUSTER", "MYID").decode()
-    target.client().execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
-    source.client().execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
-    while keys := source.client().execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
-        source.client().execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
-    for node in cluster.primaries():
-        node.client().execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
 
 
 @pytest.fixture
@@ -135,49 +129,16 @@ def test_a_url_naming_no_reachable_node_is_a_clear_error_within_seconds(mode):
     assert "not starting: no Redis answers at 127.0.0.1:" in error
 
 
-def _replica_of(cluster: RedisClusterProcesses, primary: ClusterNode) -> ClusterNode:
-    for node in cluster.running():
-        replication = node.client().info("replication")
-        if replication["role"] == "slave" and int(replication["master_port"]) == primary.port:
-            return node
-    raise AssertionError(f"no replica of {primary.address}")
-
-
-def kill(cluster: RedisClusterProcesses, primary: ClusterNode) -> None:
-    primary.kill()
-
-
-def manual_failover(cluster: RedisClusterProcesses, primary: ClusterNode) -> None:
-    # CLUSTER FAILOVER on a replica: it takes over in step with its primary, which turns replica.
-    _replica_of(cluster, primary).client().execute_command("CLUSTER", "FAILOVER")
-
-
-def pause_past_the_node_timeout(cluster: RedisClusterProcesses, primary: ClusterNode) -> None:
-    primary.pause()
-    try:
-        others = [node for node in cluster.running() if node is not primary]
-        wait_until(lambda: _promoted(others, primary), what="a replica promoted in place of the paused primary")
-    finally:
-        primary.resume()  # it comes back, learns it was replaced, and follows the new primary
-
-
-def _promoted(others: list[ClusterNode], paused: ClusterNode) -> bool:
-    replication = [node.client().info("replication") for node in others]
-    return sum(1 for r in replication if r["role"] == "master") == 3 and not any(
-        int(r.get("master_port", 0)) == paused.port for r in replication
-    )
-
-
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(
     ("kind", "fault", "publish_replicas"),
     [
-        ("redis", kill, 0),
-        ("redis", kill, 1),
+        ("redis", kill_primary, 0),
+        ("redis", kill_primary, 1),
         ("redis", manual_failover, 1),
         ("redis", pause_past_the_node_timeout, 1),
         # Valkey also drops the promoted replica's shard subscribers at failover; Redis 7.0 only the old primary's.
-        ("valkey", kill, 1),
+        ("valkey", kill_primary, 1),
         ("valkey", manual_failover, 1),
     ],
     ids=[
@@ -269,7 +230,7 @@ async def test_a_slot_with_no_reachable_owner_refuses_its_publishes_and_leaves_o
             await on_lost.read_raw_until(b"retry:")
             await on_kept.read_raw_until(b"retry:")
             shard = cluster.owner_of(f"sse:{{{lost}}}")
-            replica = _replica_of(cluster, shard)
+            replica = replica_of(cluster, shard)
             replica.kill()
             shard.kill()
             async with httpx.AsyncClient(timeout=30) as client:
