@@ -9,6 +9,10 @@ from dataclasses import Field, dataclass, field, fields
 from typing import Any
 
 ENV_PREFIX = "SSE_GATEWAY_"
+# Seconds a Redis command may take before its connection counts as dead (gateway.brokers.connections); a publish's
+# WAIT for replicas must end well before that.
+REDIS_SOCKET_TIMEOUT = 5.0
+MAX_PUBLISH_REPLICAS_TIMEOUT = 4.0
 
 
 def setting(default: Any, help: str, *, choices: tuple[str, ...] = ()) -> Any:
@@ -33,7 +37,7 @@ class Settings:
         0, "replicas that must have an event before its publish is acknowledged and sent live (0: none; see README)"
     )
     publish_replicas_timeout: float = setting(
-        1.0, "seconds a publish waits for those replicas; past it a 503 not_replicated"
+        1.0, "seconds (at most 4) a publish waits for those replicas; past it a 503 not_replicated"
     )
     redis_cluster: str = setting(
         "auto",
@@ -96,6 +100,12 @@ class Settings:
         for name in (*not_negative, *limits, "publish_rate", "publish_replicas"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative, not {getattr(self, name)}")
+        if self.publish_replicas_timeout > MAX_PUBLISH_REPLICAS_TIMEOUT:
+            # The WAIT must end before the connection's socket timeout, or a slow replica reads as a dead Redis.
+            raise ValueError(
+                f"publish_replicas_timeout must be at most {MAX_PUBLISH_REPLICAS_TIMEOUT:g} seconds (the Redis socket "
+                f"timeout is {REDIS_SOCKET_TIMEOUT:g}), not {self.publish_replicas_timeout}"
+            )
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with the given fields changed; None values are ignored so unset CLI flags keep the default."""

@@ -12,7 +12,7 @@ from typing import Any
 from redis.exceptions import NoScriptError
 
 from gateway.brokers.connections import REDIS_FAILURES
-from gateway.brokers.envelope import ENVELOPE_MARK, from_stream_entry
+from gateway.brokers.envelope import encode_pubsub, from_stream_entry
 from gateway.brokers.naming import Naming
 from gateway.brokers.protocol import BACKLOG_PAGE
 from gateway.config import Settings
@@ -71,8 +71,7 @@ class RedisBuffer:
                 f"{self._replicas_timeout_ms} ms; it was not sent live",
                 code="not_replicated",
             )
-        envelope = ENVELOPE_MARK + b"\n".join([stream_id, previous, (event_type or "").encode(), data.encode()])
-        await self._send_live(keys[1], envelope)
+        await self._send_live(keys[1], encode_pubsub(stream_id, previous, event_type, data))
         return stream_id.decode()
 
     async def _run_publish_script(self, keys: list[str], args: list[Any]) -> Any:
@@ -100,14 +99,14 @@ class RedisBuffer:
             raise RedisUnavailable(f"Redis is unreachable ({exc})") from exc
         return parse_stream_id(newest[0][0].decode()) if newest else ZERO
 
-    async def backlog(self, channel: str, after: StreamId) -> AsyncIterator[list[Event]]:
-        if after == MAX_STREAM_ID:
+    async def backlog(self, channel: str, after: StreamId, until: StreamId | None = None) -> AsyncIterator[list[Event]]:
+        if after == MAX_STREAM_ID or (until is not None and until <= after):
             return  # nothing can come after it, and Redis refuses an exclusive range from it
         key = self.naming.stream_key(channel)
-        start = "(" + format_stream_id(after)
+        start, end = "(" + format_stream_id(after), "+" if until is None else format_stream_id(until)
         while True:
             try:
-                page = await self.client.xrange(key, min=start, max="+", count=BACKLOG_PAGE)
+                page = await self.client.xrange(key, min=start, max=end, count=BACKLOG_PAGE)
             except REDIS_FAILURES as exc:
                 raise RedisUnavailable(f"Redis is unreachable ({exc})") from exc
             if not page:

@@ -28,7 +28,7 @@ from gateway.brokers.buffer import PUBLISH_SCRIPT, RedisBuffer
 from gateway.brokers.connections import REDIS_FAILURES, connect, without_maintenance_notifications
 from gateway.brokers.protocol import OnCatchUp, OnEvent
 from gateway.brokers.upstream import Upstream
-from gateway.config import Settings
+from gateway.config import REDIS_SOCKET_TIMEOUT, Settings
 from gateway.errors import RedisUnavailable
 from gateway.metrics import CLUSTER_NODE_UP, RESUBSCRIPTIONS, TOPOLOGY_REFRESHES
 from gateway.tasks import stop_task, stop_tasks
@@ -54,7 +54,7 @@ class ClusterBroker(RedisBuffer):
             username=first.username,
             password=first.password,
             ssl=first.scheme == "rediss",
-            socket_timeout=5,
+            socket_timeout=REDIS_SOCKET_TIMEOUT,
             socket_connect_timeout=2,
             socket_keepalive=True,
             **without_maintenance_notifications(),
@@ -144,6 +144,7 @@ class ClusterBroker(RedisBuffer):
                 self._on_event,
                 self._on_catch_up,
                 sharded=True,
+                live_in_order=not self._replicas,
                 on_trouble=self._trouble,
             )
             self._upstreams[node.name] = upstream

@@ -5,6 +5,8 @@ from __future__ import annotations
 import redis.asyncio as aioredis
 from redis.exceptions import RedisClusterException, RedisError
 
+from gateway.config import REDIS_SOCKET_TIMEOUT
+
 # Everything a Redis command can fail with: redis-py's cluster client raises some failures (a slot with no owner, a
 # cluster it cannot reach) outside its RedisError family.
 REDIS_FAILURES = (RedisError, RedisClusterException, OSError)
@@ -16,7 +18,7 @@ def connect(url: str, *, max_connections: int = 64) -> aioredis.Redis:
         url,
         max_connections=max_connections,
         timeout=5,
-        socket_timeout=5,
+        socket_timeout=REDIS_SOCKET_TIMEOUT,
         health_check_interval=10,
         **tcp_options(url),
         **without_maintenance_notifications(),

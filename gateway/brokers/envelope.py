@@ -26,6 +26,11 @@ ENVELOPE_MARK_V1 = b"\x00sse1\n"  # no previous id
 Entry = tuple[bytes, dict[bytes, bytes]]
 
 
+def encode_pubsub(stream_id: bytes, previous: bytes, event_type: str | None, data: str) -> bytes:
+    """The envelope of a buffered event, as the publish script sends it (for a publish that sends it live itself)."""
+    return ENVELOPE_MARK + b"\n".join([stream_id, previous, (event_type or "").encode(), data.encode()])
+
+
 def decode_pubsub(channel: str, payload: bytes) -> Event | None:
     """An Event from a Pub/Sub payload: an envelope from the publish script, or a plain message.
 

@@ -19,8 +19,9 @@ BACKLOG_PAGE = 100
 
 OnEvent = Callable[[Event], None]
 # Called when a channel's live messages may have been missed (a reconnect, a topology change, a message seen missing
-# by its previous id): the hub reads the buffer then, before any newer live event of that channel is delivered.
-OnCatchUp = Callable[[str], Awaitable[None]]
+# by its previous id): the hub reads the buffer then, up to the given id if one is given, before any newer live
+# event of that channel is delivered.
+OnCatchUp = Callable[[str, StreamId | None], Awaitable[None]]
 
 
 class Broker(Protocol):
@@ -35,8 +36,9 @@ class Broker(Protocol):
         """The id of the newest buffered event, or 0-0 for an empty channel."""
         ...
 
-    def backlog(self, channel: str, after: StreamId) -> AsyncIterator[list[Event]]:
-        """Pages of buffered events newer than ``after``, oldest first, each with its previous id."""
+    def backlog(self, channel: str, after: StreamId, until: StreamId | None = None) -> AsyncIterator[list[Event]]:
+        """Pages of buffered events newer than ``after`` (and none newer than ``until``), oldest first, each with
+        its previous id."""
         ...
 
     async def buffered(self, channel: str) -> bool:

@@ -60,10 +60,15 @@ class _Channel:
         self.behind = False  # live messages may have been missed: catch up once Redis confirms the subscription
 
     def missed_before(self, event: Event) -> bool:
-        """Whether a message came between the last one heard and ``event``; remembers ``event`` as heard."""
-        heard = self.heard
-        if event.stream_id is not None:
-            self.heard = event.stream_id
+        """Whether a message came between the last one heard and ``event``; remembers ``event`` as heard.
+
+        ``heard`` only moves forward: an event older than it arrived after a newer one (publishes that wait for
+        replicas send live in the order their WAITs end), and the catch-up for the newer one has read it already.
+        """
+        heard, stream_id = self.heard, event.stream_id
+        if stream_id is None or (heard is not None and stream_id <= heard):
+            return False
+        self.heard = stream_id
         return heard is not None and event.previous is not None and event.previous != heard
 
 
@@ -73,9 +78,10 @@ class Upstream:
         url: str,
         naming: Naming,
         on_event: Callable[[Event], None],
-        on_resubscribed: Callable[[str], Awaitable[None]],
+        on_resubscribed: Callable[[str, StreamId | None], Awaitable[None]],
         *,
         sharded: bool = False,
+        live_in_order: bool = True,
         on_trouble: Callable[[str | None], None] | None = None,
     ) -> None:
         # Its own client with no retries inside redis-py: every failure must reach the loop below, which alone
@@ -85,6 +91,9 @@ class Upstream:
         self._on_event = on_event
         self._on_resubscribed = on_resubscribed
         self._sharded = sharded
+        # False when publishes wait for replicas and then send live: two publishes' live messages may then arrive in
+        # the opposite order of their ids, even the first one heard after a subscription.
+        self._live_in_order = live_in_order
         # Called with a channel the node unsubscribed by itself, or None when the connection failed.
         self._on_trouble = on_trouble
         self._message_kind, self._confirm_kind = ("smessage", "ssubscribe") if sharded else ("message", "subscribe")
@@ -266,9 +275,15 @@ class Upstream:
                 if channel is not None and (event := decode_pubsub(channel, message["data"])) is not None:
                     MESSAGES_IN.inc()
                     state = self._channels.get(channel)
-                    if state is not None and state.missed_before(event):
-                        MISSED_LIVE.inc()
-                        await self._catch_up(channel)  # the missed ones, and this one, from the buffer, in order
+                    if state is not None:
+                        first = state.heard is None
+                        if state.missed_before(event):
+                            MISSED_LIVE.inc()
+                            # The missed ones, and this one, from the buffer, in order; none newer than this one,
+                            # whose publish may still be waiting for its replicas.
+                            await self._catch_up(channel, event.stream_id)
+                        elif first and not self._live_in_order and event.stream_id is not None:
+                            await self._catch_up(channel, event.stream_id)  # it may have overtaken older ones
                     self._on_event(event)
             elif kind == self._confirm_kind:
                 channel = self._naming.channel_of(message["channel"].decode())
@@ -279,7 +294,7 @@ class Upstream:
                     # Live again: fill what Pub/Sub dropped while the connection was down, before reading on, so
                     # that the channel's events still reach subscribers in order.
                     state.behind = False
-                    await self._catch_up(channel)
+                    await self._catch_up(channel, None)
                 state.confirmed.set()
             elif kind == "sunsubscribe":
                 channel = self._naming.channel_of(message["channel"].decode())
@@ -291,9 +306,9 @@ class Upstream:
                     if self._on_trouble is not None:
                         self._on_trouble(channel)
 
-    async def _catch_up(self, channel: str) -> None:
+    async def _catch_up(self, channel: str, until: StreamId | None) -> None:
         try:
-            await self._on_resubscribed(channel)
+            await self._on_resubscribed(channel, until)
         except (RedisError, OSError, RedisUnavailable):
             raise  # the connection is in trouble: reconnect, and catch up again
         except Exception:  # one channel's bad entry must not stop every channel's live delivery

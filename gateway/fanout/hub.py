@@ -12,6 +12,7 @@ import logging
 import time
 
 from gateway.brokers.protocol import Broker
+from gateway.cursor import StreamId
 from gateway.errors import RedisUnavailable
 from gateway.events import Event
 from gateway.fanout.flusher import Flusher
@@ -114,7 +115,7 @@ class Hub:
     def connections(self) -> int:
         return len(self._open)
 
-    async def _catch_up(self, channel: str) -> None:
+    async def _catch_up(self, channel: str, until: StreamId | None) -> None:
         listeners = [s for s in self._subscribers.get(channel, ()) if s.close_reason is None]
         if listeners:
-            await catch_up(self.broker, channel, listeners)
+            await catch_up(self.broker, channel, listeners, until)

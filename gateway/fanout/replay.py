@@ -67,10 +67,11 @@ async def replay(broker: Broker, subscriber: Subscriber, send: Callable[[bytes],
         subscriber.go_live()
 
 
-async def catch_up(broker: Broker, channel: str, listeners: list[Subscriber]) -> None:
-    """After the upstream reconnects: deliver what Pub/Sub dropped, from the buffer, to the channel's listeners."""
+async def catch_up(broker: Broker, channel: str, listeners: list[Subscriber], until: StreamId | None = None) -> None:
+    """After the upstream reconnects, or a live event showed one missed: deliver what Pub/Sub dropped, from the
+    buffer, to the channel's listeners (up to ``until``, when the live event that showed it is known)."""
     oldest = min(listener.positions[channel] for listener in listeners)
-    async for page in broker.backlog(channel, oldest):
+    async for page in broker.backlog(channel, oldest, until):
         for listener in listeners:
             if not listener.replaying:  # a replaying listener checks its own backlog for gaps
                 _offer_gap_if_trimmed(listener, channel, page[0])

@@ -16,7 +16,7 @@ import redis
 from gateway.brokers import broker_for
 from gateway.brokers.protocol import Broker
 from gateway.config import Settings
-from gateway.cursor import ZERO, parse_stream_id
+from gateway.cursor import ZERO, StreamId, parse_stream_id
 from gateway.errors import BadRequest
 from gateway.events import Event
 from tests.clusters import RedisClusterProcesses
@@ -37,12 +37,14 @@ class Target:
 class Recorder:
     events: list[Event] = field(default_factory=list)
     catch_ups: list[str] = field(default_factory=list)
+    catch_up_bounds: list[StreamId | None] = field(default_factory=list)
 
     def on_event(self, event: Event) -> None:
         self.events.append(event)
 
-    async def on_catch_up(self, channel: str) -> None:
+    async def on_catch_up(self, channel: str, until: StreamId | None) -> None:
         self.catch_ups.append(channel)
+        self.catch_up_bounds.append(until)
 
     async def wait_for(self, condition: Callable[[], bool], what: str, timeout: float = 10) -> None:
         async with asyncio.timeout(timeout):
@@ -151,6 +153,7 @@ async def test_an_event_buffered_but_never_published_makes_the_broker_ask_for_a_
     await broker.publish(channel, "last")
     await recorder.wait_for(lambda: recorder.data(channel) == ["first", "last"], "the last event")
     assert recorder.catch_ups == [channel], "asked before the event after the hole was delivered"
+    assert recorder.catch_up_bounds == [recorder.events[-1].stream_id], "up to the event that showed the hole"
 
 
 async def test_an_unsubscribed_channel_is_left_on_its_node(started: tuple[Broker, Recorder], target: Target) -> None:

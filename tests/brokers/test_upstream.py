@@ -251,7 +251,9 @@ STOP_BOUND = 6.0  # seconds: stop_task's two grace periods and the client's clos
 @pytest.mark.timeout(120)
 def test_upstream_started_then_stopped_at_any_small_delay_stops_in_bounded_time_under_uvloop(redis_server):
     async def start_then_stop(delay: float) -> float:
-        upstream = Upstream(redis_server.url, Naming("sse:"), lambda event: None, lambda channel: asyncio.sleep(0))
+        upstream = Upstream(
+            redis_server.url, Naming("sse:"), lambda event: None, lambda channel, until: asyncio.sleep(0)
+        )
         upstream.subscribe("start-stop")  # a channel to subscribe, as when a stream opens at once
         await upstream.start()
         await asyncio.sleep(delay)
