@@ -55,7 +55,11 @@ def create_app(
             broker or broker_for(settings),
             tick=min(1.0, settings.heartbeat / 2, settings.send_timeout / 2),
         )
-        await hub.start()
+        try:
+            await hub.start()
+        except BaseException:
+            await hub.broker.close()  # its connections, and a cluster's topology task, must not outlive the failure
+            raise
         app.state.settings = settings
         app.state.hub = hub
         app.state.auth = authenticator

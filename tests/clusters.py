@@ -33,14 +33,31 @@ def server_binary(kind: str) -> str:
     return str(get_binary_path())
 
 
+_chosen: set[int] = set()
+
+
+def _unused_port() -> int:
+    """A free port not handed out before in this test process (free_port alone may return one twice)."""
+    while (port := free_port()) in _chosen:
+        pass
+    _chosen.add(port)
+    return port
+
+
 class ClusterNode:
     def __init__(self, binary: str, directory: Path, extra: tuple[str, ...] = ()) -> None:
         self.binary = binary
         self.extra = extra
-        self.port, self.bus_port = free_port(), free_port()
-        self.directory = directory / str(self.port)
-        self.directory.mkdir(parents=True)
+        self.root = directory
+        self._choose_ports()
         self.process: subprocess.Popen[bytes] | None = None
+
+    def _choose_ports(self) -> None:
+        # Ports are chosen before the node starts, so another process (or node) may take one first; each start
+        # that fails on a port taken chooses again.
+        self.port, self.bus_port = _unused_port(), _unused_port()
+        self.directory = self.root / str(self.port)
+        self.directory.mkdir(parents=True)
 
     @property
     def address(self) -> str:
@@ -64,8 +81,25 @@ class ClusterNode:
             *self.extra,
         ]  # fmt: skip
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until(self.answers, what=f"cluster node on port {self.port}")
+        try:
+            wait_until(self.answers, what=f"cluster node on port {self.port}", process=self.process)
+        except (RuntimeError, TimeoutError) as exc:
+            raise type(exc)(f"{exc}; its log ends: {self.log_tail()}") from exc
         return self
+
+    def start_on_free_ports(self, attempts: int = 3) -> ClusterNode:
+        for attempt in range(attempts):
+            try:
+                return self.start()
+            except RuntimeError:  # it exited: most often a port someone else took meanwhile
+                if attempt == attempts - 1 or "Address already in use" not in self.log_tail():
+                    raise
+                self._choose_ports()
+        raise AssertionError("unreachable")
+
+    def log_tail(self) -> str:
+        log = self.directory / "server.log"
+        return log.read_text(errors="replace")[-300:] if log.exists() else "no log yet"
 
     def client(self) -> redis.Redis:
         return redis.Redis(port=self.port, socket_timeout=2)
@@ -121,7 +155,7 @@ class RedisClusterProcesses:
     def start(self) -> RedisClusterProcesses:
         try:
             for node in self.nodes:
-                node.start()
+                node.start_on_free_ports()
             cli = shutil.which("redis-cli")
             if cli is None:
                 raise RuntimeError("the cluster tests need redis-cli (Debian package redis-tools)")

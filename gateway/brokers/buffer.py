@@ -30,9 +30,10 @@ class RedisBuffer:
 
     With ``publish_replicas`` N > 0 a publish is three steps, in this order: the script writes the entry and sends
     nothing live; WAIT, on the same connection, until N replicas have it; only then the envelope goes out live. So no
-    client is sent an event that a failover could still take out of the buffer, and the publisher's 201 means that
-    N replicas hold it. If the WAIT falls short, the answer is 503 ``not_replicated`` and nothing is sent live; the
-    entry stays in the buffer (Redis cannot take it back), so a client may still read it later from there.
+    event is sent live that a failover could still take out of the buffer, and the publisher's 201 means that N
+    replicas hold it. (A resume that reads the buffer during the WAIT can see the entry early; that window is one
+    WAIT long.) If the WAIT falls short, the answer is 503 ``not_replicated`` and nothing is sent live; the entry
+    stays in the buffer (Redis cannot take it back), so a client may still read it later from there.
     """
 
     def __init__(self, client: Any, settings: Settings, *, publish_command: str = "PUBLISH") -> None:

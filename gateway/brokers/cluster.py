@@ -67,6 +67,7 @@ class ClusterBroker(RedisBuffer):
         self._check_now = asyncio.Event()
         self._checker: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._retired: set[Upstream] = set()  # upstreams of nodes no longer needed, while they stop
         self._unowned = False  # a subscribed channel's slot had no reachable primary at the last check
 
     async def start(self, on_event: OnEvent, on_catch_up: OnCatchUp) -> None:
@@ -78,7 +79,10 @@ class ClusterBroker(RedisBuffer):
         self._checker = asyncio.create_task(self._check_topology(), name="gateway-cluster-topology")
 
     def subscribe(self, channel: str) -> asyncio.Event:
-        upstream = self._holder(channel) or self._upstream_for(channel)
+        try:
+            upstream = self._holder(channel) or self._upstream_for(channel)
+        except REDIS_FAILURES as exc:  # the slot map has no primary for its slot now
+            raise RedisUnavailable(f"no reachable Redis node serves channel {channel} ({exc})") from exc
         return upstream.subscribe(channel)
 
     def unsubscribe(self, channel: str) -> None:
@@ -100,12 +104,18 @@ class ClusterBroker(RedisBuffer):
 
     async def close(self) -> None:
         await stop_task(self._checker)
-        await stop_tasks(list(self._tasks))
-        for upstream in self._upstreams.values():
-            await upstream.stop()
+        await stop_tasks(list(self._tasks))  # starts, and stops of retired upstreams, cut short: stopped again below
+        await asyncio.gather(*(upstream.stop() for upstream in [*self._upstreams.values(), *self._retired]))
         for client in self._primaries.values():
             await client.aclose()
         await self.client.aclose()
+
+    async def publish(self, channel: str, data: str, event_type: str | None = None) -> str:
+        try:
+            return await super().publish(channel, data, event_type)
+        except RedisUnavailable:
+            self._check_now.set()  # its primary may be gone: the subscriptions of its slots must move as soon
+            raise
 
     async def _publish_replicated(self, keys: list[str], args: list[Any], event_type: str | None, data: str) -> str:
         try:
@@ -157,6 +167,10 @@ class ClusterBroker(RedisBuffer):
         self._tasks.add(task)  # held, or the loop might drop it half-way
         task.add_done_callback(self._tasks.discard)
 
+    async def _retire(self, upstream: Upstream) -> None:
+        await upstream.stop()
+        self._retired.discard(upstream)
+
     def _node_url(self, host: str, port: int) -> str:
         # The seed's scheme and credentials, with the node's address.
         seed = urlsplit(self._seeds[0])
@@ -180,7 +194,11 @@ class ClusterBroker(RedisBuffer):
                 self._unowned = True
                 continue
             TOPOLOGY_REFRESHES.inc()
-            self._follow_slots()
+            try:
+                self._follow_slots()
+            except Exception:  # a bug here must not end the following of the topology for good
+                log.exception("following the cluster's slots failed; trying again")
+                self._unowned = True
 
     def _follow_slots(self) -> None:
         """Hand every channel to the upstream of its slot's primary now; subscribe again where a node dropped it."""
@@ -190,7 +208,7 @@ class ClusterBroker(RedisBuffer):
             for channel in [*upstream.channels, *upstream.unsent()]:
                 try:
                     owner = self._upstream_for(channel)
-                except Exception:  # noqa: BLE001 - redis-py's "slot not covered": no primary for it; try again soon
+                except REDIS_FAILURES:  # redis-py's "slot not covered": no primary for it; try again soon
                     unowned = True
                     continue
                 if owner is upstream:
@@ -208,4 +226,5 @@ class ClusterBroker(RedisBuffer):
                 del self._upstreams[name]
                 with contextlib.suppress(KeyError):
                     CLUSTER_NODE_UP.remove(name)
-                self._background(upstream.stop())
+                self._retired.add(upstream)
+                self._background(self._retire(upstream))

@@ -23,7 +23,7 @@ def connect(url: str, *, max_connections: int = 64) -> aioredis.Redis:
         **tcp_options(url),
         **without_maintenance_notifications(),
     )
-    return aioredis.Redis(connection_pool=pool)
+    return aioredis.Redis.from_pool(pool)  # from_pool: closing the client closes its pool's connections too
 
 
 def without_maintenance_notifications() -> dict[str, object]:

@@ -1,4 +1,5 @@
-"""The process's one Redis Pub/Sub connection: reference-counted subscriptions, reconnect with backoff.
+"""One Redis Pub/Sub connection (the node's, or on a cluster one per primary): reference-counted subscriptions,
+reconnect with backoff.
 
 Pub/Sub delivers at most once, so whatever was published while the connection was down is gone from it. After
 every reconnect the upstream resubscribes, and as Redis confirms each channel it calls ``on_resubscribed`` so the
@@ -27,7 +28,8 @@ from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.crc import key_slot
+from redis.exceptions import MovedError, RedisError
 from redis.retry import Retry
 
 from gateway.brokers.connections import tcp_options
@@ -160,6 +162,8 @@ class Upstream:
 
     def adopt(self, channel: str, state: _Channel) -> None:
         """Take over a channel from another node's upstream: subscribe, and catch up once confirmed."""
+        if state.refcount <= 0:
+            return  # its last subscriber left, and its delayed unsubscribe was the old upstream's: let it go
         state.sent, state.behind, state.heard = False, True, None
         self._channels[channel] = state
         if self._pubsub is not None:
@@ -258,7 +262,12 @@ class Upstream:
         last_heard = loop.time()
         pinged = False
         while not self._stopping:
-            message = await pubsub.get_message(timeout=1.0)
+            try:
+                message = await pubsub.get_message(timeout=1.0)
+            except MovedError as moved:
+                # An SSUBSCRIBE sent on a slot map older than the node's: only that slot's channels must move.
+                self._moved(moved.slot_id)
+                continue
             now = loop.time()
             if message is None:
                 silence = now - last_heard
@@ -305,6 +314,14 @@ class Upstream:
                     state.sent, state.behind = False, True
                     if self._on_trouble is not None:
                         self._on_trouble(channel)
+
+    def _moved(self, slot: int) -> None:
+        for channel, state in self._channels.items():
+            if state.sent and key_slot(self._naming.pubsub_channel(channel).encode()) == slot:
+                log.info("redis says channel %s is served elsewhere; finding its node", channel)
+                state.sent, state.behind = False, True
+                if self._on_trouble is not None:
+                    self._on_trouble(channel)
 
     async def _catch_up(self, channel: str, until: StreamId | None) -> None:
         try:

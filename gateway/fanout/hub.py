@@ -75,8 +75,9 @@ class Hub:
         """
         confirmations = []
         for channel in subscriber.channels:
-            self._subscribers.setdefault(channel, set()).add(subscriber)
+            # The broker first: if it refuses (no node serves the channel), detach must not unsubscribe it.
             confirmations.append(self.broker.subscribe(channel))
+            self._subscribers.setdefault(channel, set()).add(subscriber)
         pending = [asyncio.ensure_future(c.wait()) for c in confirmations if not c.is_set()]
         if not pending:
             return

@@ -230,6 +230,12 @@ async def test_a_slot_with_no_reachable_owner_refuses_its_publishes_and_leaves_o
             await on_lost.read_raw_until(b"retry:")
             await on_kept.read_raw_until(b"retry:")
             shard = cluster.owner_of(f"sse:{{{lost}}}")
+            # A channel of the same shard that nobody has asked for yet.
+            fresh = next(
+                name
+                for name in (f"{lost}-{n}" for n in range(100))
+                if cluster.owner_of(f"sse:{{{name}}}").port == shard.port
+            )
             replica = replica_of(cluster, shard)
             replica.kill()
             shard.kill()
@@ -241,6 +247,13 @@ async def test_a_slot_with_no_reachable_owner_refuses_its_publishes_and_leaves_o
                 # This process needs a slot that nobody serves: not ready.
                 ready = await client.get(f"{gateway.url}/readyz")
                 assert ready.status_code == 503, ready.text
+                # A new stream of a channel on the lost shard ends at once, so that EventSource tries again later
+                # (a 5xx would stop it for good), rather than staying open with no events ever coming.
+                opened = await client.get(f"{gateway.url}/events/{fresh}")
+                assert opened.status_code == 200 and "id:" not in opened.text, opened.text
+                assert "stream closed" in gateway.log()
+                event_id = await publish(gateway.url, kept, "and still")
+                assert (await on_kept.next_event()).id == event_id
             assert not on_kept.finished
     finally:
         cluster.stop()

@@ -12,6 +12,8 @@ import uvloop
 
 from gateway.brokers.naming import Naming
 from gateway.brokers.upstream import UNSUBSCRIBE_DELAY, Upstream
+from gateway.events import Event
+from tests.brokers.test_contract import spanning_channels
 from tests.servers import GatewayProcess, RedisProcess, wait_until
 from tests.streams import open_stream, publish
 from tests.test_metrics import _value
@@ -392,3 +394,53 @@ async def test_a_live_message_pubsub_missed_is_read_from_the_buffer_before_the_n
         (last, "last"),
     ]
     assert _value(httpx.get(f"{gateway.url}/metrics").text, "sse_missed_live_total") == missed_before + 1
+
+
+async def test_a_sharded_subscribe_sent_to_the_wrong_node_moves_that_channel_only(redis_cluster):
+    # A slot map older than the node's makes an SSUBSCRIBE land on a node that answers MOVED: that channel must go
+    # to its owner, and the node's other channels stay subscribed on the same connection.
+    here, elsewhere = spanning_channels(redis_cluster, "mv")[:2]
+    node = redis_cluster.owner_of(f"sse:{{{here}}}")
+    events: list[Event] = []
+    troubled: list[str | None] = []
+    upstream = Upstream(
+        f"redis://127.0.0.1:{node.port}",
+        Naming("sse:"),
+        events.append,
+        lambda channel, until: asyncio.sleep(0),
+        sharded=True,
+        on_trouble=troubled.append,
+    )
+    await upstream.start()
+    try:
+        async with asyncio.timeout(10):
+            await upstream.subscribe(here).wait()
+            upstream.subscribe(elsewhere)  # its slot is on another primary
+            while elsewhere not in upstream.unsent():
+                await asyncio.sleep(0.01)  # polling a condition, with a bound
+        assert troubled == [elsewhere]
+        node.client().spublish(f"sse:{{{here}}}", "still here")
+        async with asyncio.timeout(10):
+            while not events:
+                await asyncio.sleep(0.01)
+        assert [e.data for e in events] == ["still here"]
+        assert upstream.reconnects == 0, "the connection was kept"
+    finally:
+        await upstream.stop()
+
+
+async def test_a_channel_handed_over_after_its_last_subscriber_left_is_let_go_not_kept_for_ever(redis_server):
+    # Its delayed unsubscribe belonged to the old upstream; adopting it would leave it subscribed with nobody left.
+    def upstream() -> Upstream:
+        return Upstream(redis_server.url, Naming("sse:"), lambda event: None, lambda channel, until: asyncio.sleep(0))
+
+    old, new = upstream(), upstream()
+    old.subscribe("idle")
+    old.unsubscribe("idle")
+    old.subscribe("busy")
+    for channel in ("idle", "busy"):
+        state = old.release(channel)
+        assert state is not None
+        new.adopt(channel, state)
+    assert (new.holds("idle"), new.holds("busy")) == (False, True)
+    assert new.channels == ["busy"]
