@@ -1,6 +1,7 @@
 """The fault suite on a Redis Cluster, judged by the invariant checker: resuming subscribers (single- and
 multi-channel) over channels on all three primaries, a continuous publisher per channel, and one primary broken
-under them. With SSE_GATEWAY_PUBLISH_REPLICAS=1 nothing acknowledged may be lost, duplicated or reordered.
+under them, or one of two gateways killed behind nginx. With SSE_GATEWAY_PUBLISH_REPLICAS=1 nothing acknowledged may
+be lost, duplicated or reordered.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from tests.clusters import (
     migrate_slot,
     pause_past_the_node_timeout,
 )
+from tests.proxies import NginxProcess
+from tests.servers import GatewayProcess
 from tests.workload import ClusterRig, Workload, wait_for
 
 SUBSCRIBERS, RATE = 12, 60.0  # RATE: publishes per second, over all channels
@@ -72,6 +75,42 @@ async def test_a_primary_broken_under_live_traffic_loses_nothing_acknowledged(ri
         raise
     report = await workload.finish(settle=30)
     print(f"\n{cluster.kind} {fault}: {report.summary()}")
+    assert workload.failures == [], workload.failures
+    assert report.ok, report.summary()
+    assert (report.lost, report.duplicated, report.reordered) == (0, 0, 0)
+
+
+@pytest.mark.timeout(150)
+async def test_a_gateway_killed_behind_nginx_loses_nothing_acknowledged(request: pytest.FixtureRequest):
+    rig = await ClusterRig("redis").start()
+    request.addfinalizer(rig.stop_now)
+    channels = spanning_channels(rig.redis, "gk")
+    first = await rig.configure(ENV, ())
+    second = await asyncio.to_thread(GatewayProcess(rig.redis.url, env=ENV).start)
+    request.addfinalizer(second.stop)
+    nginx = await asyncio.to_thread(NginxProcess([first.port, second.port]).start)
+    request.addfinalizer(nginx.stop)
+    # Subscribers and publishers all go through nginx, which spreads them over both gateways.
+    workload = Workload(rig, channels, subscribers=SUBSCRIBERS, rate=RATE, url=nginx.url)
+    await workload.start()
+    try:
+        await workload.run_for(1.5)
+        await asyncio.to_thread(first.kill)
+        # Every channel gets new events after the kill, through the gateway left.
+        acked_then = {channel: len(workload.checker.acked.get(channel, {})) for channel in channels}
+
+        def all_published_again() -> bool:
+            return all(len(workload.checker.acked.get(c, {})) >= acked_then[c] + 20 for c in channels)
+
+        assert await wait_for(all_published_again, 30), "publishes through nginx after the kill"
+        await workload.run_for(1.0)
+    except BaseException:
+        await workload.finish(settle=0)
+        raise
+    report = await workload.finish(settle=30)
+    print(f"\ngateway killed behind nginx: {report.summary()}")
+    moved = [s for s in workload.subscribers if len(s.log.connections) > 1]
+    assert moved, "some subscribers were on the killed gateway and came back through nginx"
     assert workload.failures == [], workload.failures
     assert report.ok, report.summary()
     assert (report.lost, report.duplicated, report.reordered) == (0, 0, 0)

@@ -92,10 +92,11 @@ def channels_of(number: int, channels: list[str]) -> tuple[str, ...]:
 
 
 class Workload:
-    def __init__(self, rig: Rig, channels: list[str], *, subscribers: int, rate: float) -> None:
+    def __init__(self, rig: Rig, channels: list[str], *, subscribers: int, rate: float, url: str | None = None) -> None:
+        """``url``: where subscribers and publishers go, the rig's gateway unless given (a load balancer, say)."""
         assert rig.gateway is not None
         self.rig = rig
-        self.url = rig.gateway.url
+        self.url = url or rig.gateway.url
         self.channels = channels
         self.checker = Checker()
         self.stream_client = new_stream_client()
