@@ -95,6 +95,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = True  # between a request's first byte (or the connection) and the end of its headers
         self._head_bytes = 0  # read while in the head, counted per read: the parser keeps an unfinished header
         self._read_size = 0
+        self._began_in_read = False  # a request began inside the current read (pipelined after another's end)
         self._refused = False
 
     def connection_made(self, transport: Any) -> None:  # type: ignore[override]
@@ -118,11 +119,16 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return  # read and dropped: nothing a refused client sends is kept
-        self._read_size = len(data)
+        self._read_size, self._began_in_read = len(data), False
         super().data_received(data)
         limit = self._limits.max_head_bytes
         if limit and self._in_head and not self._refused and not self.transport.is_closing():
-            self._head_bytes += len(data)
+            if self._began_in_read:
+                # Only the end of this read is the new request's: count what of its head is parsed so far (an
+                # unfinished header is counted from the next read on, which keeps the bound within one read).
+                self._head_bytes = self._head_size()
+            else:
+                self._head_bytes += len(data)
             if self._head_bytes > limit:
                 self._refuse_head()
 
@@ -131,7 +137,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         if not self._refused:
             super().on_message_begin()
-            self._in_head, self._head_bytes = True, 0
+            self._in_head, self._head_bytes, self._began_in_read = True, 0, True
             if self._clock is not None and self.request_since is None:
                 self.request_since = self.loop.time()
 
@@ -141,7 +147,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = False
         limit = self._limits.max_head_bytes
         # A head that came within one read is measured here; only a read that could hold too much is looked at.
-        if limit and self._head_bytes + self._read_size > limit and self._head_size() > limit:
+        if limit and (self._began_in_read or self._head_bytes + self._read_size > limit) and self._head_size() > limit:
             self._refuse_head()  # the app is never run for it
             return
         super().on_headers_complete()

@@ -106,6 +106,8 @@ async def test_publish_buffers_each_event_and_the_backlog_reads_them_with_their_
         ids = [parse_stream_id(await broker.publish(channel, f"{channel} {n}", "tick")) for n in range(3)]
         assert await broker.tail(channel) == ids[-1]
         assert await broker.buffered(channel)
+        key = f"sse:{{{channel}}}:buffer"
+        assert 0 < target.raw_for(key).pttl(key) <= 86_400_000, "the buffer expires once the channel goes quiet"
         [page] = [page async for page in broker.backlog(channel, ZERO)]
         assert [(e.stream_id, e.previous, e.type, e.data) for e in page] == [
             (ids[n], ([ZERO, *ids][n]), "tick", f"{channel} {n}") for n in range(3)

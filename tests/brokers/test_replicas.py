@@ -39,6 +39,7 @@ async def test_with_one_replica_asked_for_the_replica_holds_the_event_when_the_p
             event_id = await broker.publish(channel, f"{n}", "tick")
             # WAIT returned: the replica has the entry now, not some time later.
             assert [e.decode() for e, _ in replica.client().xrange(f"sse:{{{channel}}}:buffer")][-1] == event_id
+        assert replica.client().pttl(f"sse:{{{channel}}}:buffer") > 0, "the expiry is written (and replicated) too"
         await recorder.wait_for(lambda: len(recorder.events) == 20, "every event live")
         assert [(e.data, e.type) for e in recorder.events] == [(f"{n}", "tick") for n in range(20)]
         assert [e.previous for e in recorder.events[1:]] == [e.stream_id for e in recorder.events[:-1]]

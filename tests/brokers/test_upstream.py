@@ -10,6 +10,7 @@ import httpx
 import pytest
 import uvloop
 
+from gateway.brokers import upstream as upstream_module
 from gateway.brokers.naming import Naming
 from gateway.brokers.upstream import UNSUBSCRIBE_DELAY, Upstream
 from gateway.events import Event
@@ -444,3 +445,32 @@ async def test_a_channel_handed_over_after_its_last_subscriber_left_is_let_go_no
         new.adopt(channel, state)
     assert (new.holds("idle"), new.holds("busy")) == (False, True)
     assert new.channels == ["busy"]
+
+
+@pytest.mark.timeout(60)
+async def test_a_quiet_but_healthy_connection_is_pinged_and_kept(own_redis, monkeypatch):
+    # Silence alone is not death: past SILENCE_BEFORE_PING the upstream pings, Redis answers, and the connection stays.
+    monkeypatch.setattr(upstream_module, "SILENCE_BEFORE_PING", 1.5)  # our own constant, to keep the test short
+    events: list[Event] = []
+    upstream = Upstream(own_redis.url, Naming("sse:"), events.append, lambda channel, until: asyncio.sleep(0))
+    channel = "quiet-" + str(time.monotonic_ns())
+    pings_before = _pings(own_redis)
+    await upstream.start()
+    try:
+        async with asyncio.timeout(10):
+            await upstream.subscribe(channel).wait()
+        # Well past twice the silence limit with nothing published: only the pings' answers were heard.
+        await asyncio.to_thread(wait_until, lambda: _pings(own_redis) >= pings_before + 2, what="two pings")
+        assert upstream.reconnects == 0, "a healthy connection was dropped for being quiet"
+        own_redis.client().publish(f"sse:{{{channel}}}", "still subscribed")
+        async with asyncio.timeout(10):
+            while not events:
+                await asyncio.sleep(0.01)  # polling a condition, with a bound
+        assert [e.data for e in events] == ["still subscribed"]
+    finally:
+        await upstream.stop()
+
+
+def _pings(redis: RedisProcess) -> int:
+    stats = redis.client().info("commandstats").get("cmdstat_ping", {})
+    return int(stats.get("calls", 0))
