@@ -77,11 +77,16 @@ class RedisBuffer:
 
     async def _run_publish_script(self, keys: list[str], args: list[Any]) -> Any:
         try:
-            return await self.client.evalsha(self._publish.sha, len(keys), *keys, *args)
+            return await self._evalsha(keys, args)
         except NoScriptError:
             # A new server, a flushed cache, a promoted replica (the cache is not replicated): load it where it ran.
             await self._load_publish_script(keys[0])
-            return await self.client.evalsha(self._publish.sha, len(keys), *keys, *args)
+            return await self._evalsha(keys, args)
+
+    async def _evalsha(self, keys: list[str], args: list[Any]) -> Any:
+        # The one-node client's connections retry nothing: a write whose answer was lost may have been stored, and
+        # sending it again would store it twice. The publisher gets a 503 and decides.
+        return await self.client.evalsha(self._publish.sha, len(keys), *keys, *args)
 
     async def _load_publish_script(self, key: str) -> None:
         await self.client.script_load(PUBLISH_SCRIPT)

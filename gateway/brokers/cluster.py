@@ -125,13 +125,26 @@ class ClusterBroker(RedisBuffer):
             await self.client.nodes_manager.initialize()
             return await super()._publish_replicated(keys, args, event_type, data)
 
+    async def _node_of(self, key: str) -> Any:
+        """The primary of ``key``'s slot in the slot map (read first if it never was: a publish needs no start())."""
+        await self.client.initialize()  # returns at once once done
+        return self.client.get_node_from_key(key)
+
+    async def _evalsha(self, keys: list[str], args: list[Any]) -> Any:
+        # Aimed at the key's node: redis-py's cluster client then retries no connection failure (it would otherwise,
+        # and a write whose answer was lost would be stored twice), and still follows a MOVED to the slot's new node.
+        node = await self._node_of(keys[0])
+        return await self.client.execute_command(
+            "EVALSHA", self._publish.sha, len(keys), *keys, *args, target_nodes=node
+        )
+
     async def _load_publish_script(self, key: str) -> None:
         # On the key's primary only: redis-py's own reload goes to every primary and fails while any one is down.
-        node = self.client.get_node_from_key(key)
+        node = await self._node_of(key)
         await self.client.execute_command("SCRIPT", "LOAD", PUBLISH_SCRIPT, target_nodes=node)
 
     async def _primary_for(self, key: str) -> aioredis.Redis:
-        node = self.client.get_node_from_key(key)
+        node = await self._node_of(key)
         client = self._primaries.get(node.name)
         if client is None:
             client = self._primaries[node.name] = connect(self._node_url(node.host, node.port), max_connections=16)
