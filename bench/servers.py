@@ -146,7 +146,8 @@ class Server:
         stop(self.process)
 
 
-def start(name: str, redis: Redis, workdir: Path) -> Server:
+def start(name: str, redis: Redis, workdir: Path, gateway_env: dict[str, str] | None = None) -> Server:
+    """``gateway_env``: extra settings for a gateway (a benchmark's switches); other servers ignore it."""
     kind, workers = {
         "gateway1": ("gateway", 1), "gateway2": ("gateway", 2),
         "nchan1": ("nchan", 1), "nchan2": ("nchan", 2), "naive": ("naive", 1),
@@ -155,7 +156,7 @@ def start(name: str, redis: Redis, workdir: Path) -> Server:
     log = workdir / f"{name}-{port}.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SSE_GATEWAY_")}
     if kind == "gateway":
-        env.update(SSE_GATEWAY_AUTH="off", SSE_GATEWAY_LOG_LEVEL="warning")
+        env.update(SSE_GATEWAY_AUTH="off", SSE_GATEWAY_LOG_LEVEL="warning", **(gateway_env or {}))
         command = [
             sys.executable, "-m", "gateway", "serve", "--port", str(port), "--redis-url", redis.url,
             "--workers", str(workers), "--buffer-maxlen", str(BUFFER_LENGTH),

@@ -11,10 +11,10 @@ from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import ASGIApp
 
 from gateway.brokers import broker_for
 from gateway.brokers.protocol import Broker
@@ -23,6 +23,7 @@ from gateway.demo import DemoPublisher
 from gateway.errors import GatewayError, error_response
 from gateway.fanout.hub import Hub
 from gateway.http.access_log import AccessLog
+from gateway.http.publish import PublishFront
 from gateway.http.publish_rate import PublishRate
 from gateway.http.routes import routes
 from gateway.http.stream import StreamHost
@@ -80,26 +81,23 @@ def create_app(
             if on_shutdown is not None:
                 on_shutdown()
 
-    middleware = [Middleware(AccessLog)]
-    if settings.cors_origins:
-        middleware.append(
-            Middleware(
-                CORSMiddleware,
-                allow_origins=split_list(settings.cors_origins),
-                allow_credentials=settings.cors_credentials,
-                allow_methods=["GET", "POST"],
-                allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "X-API-Key", "Cache-Control"],
-                max_age=600,
-            )
-        )
-    return StreamHost(
-        Starlette(
-            routes=routes,
-            lifespan=lifespan,
-            middleware=middleware,
-            exception_handlers={GatewayError: _gateway_error, HTTPException: _http_error, Exception: _internal_error},
-        )
+    starlette = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={GatewayError: _gateway_error, HTTPException: _http_error, Exception: _internal_error},
     )
+    # The publish endpoints run in front of Starlette (gateway.http.publish); the access log and CORS wrap both.
+    app: ASGIApp = PublishFront(starlette, starlette.state)
+    if settings.cors_origins:
+        app = CORSMiddleware(
+            app,
+            allow_origins=split_list(settings.cors_origins),
+            allow_credentials=settings.cors_credentials,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "X-API-Key", "Cache-Control"],
+            max_age=600,
+        )
+    return StreamHost(AccessLog(app), starlette)
 
 
 def _drain_on_exit_signals(hub: Hub) -> Callable[[], None]:

@@ -39,6 +39,9 @@ class Settings:
     publish_replicas_timeout: float = setting(
         1.0, "seconds (at most 4) a publish waits for those replicas; past it a 503 not_replicated"
     )
+    publish_pipeline: bool = setting(
+        True, "publishes that arrive while one is in Redis go together in one pipeline (off only to measure it)"
+    )
     redis_cluster: str = setting(
         "auto",
         "Redis Cluster with sharded Pub/Sub: on, off, or auto (asks the node at start)",

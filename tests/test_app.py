@@ -28,7 +28,7 @@ async def _fails(request: Request) -> Response:
 def test_an_unhandled_error_is_a_json_500_and_a_logged_traceback(redis_server, caplog):
     app = create_app(Settings(redis_url=redis_server.url, auth="off"))
     # A route of the test's own is the one way to fail inside the app on purpose; the handler is the app's.
-    app.app.router.routes.append(Route("/fails", _fails, methods=["GET"]))
+    app.starlette.router.routes.append(Route("/fails", _fails, methods=["GET"]))
     with caplog.at_level(logging.ERROR, logger="gateway.app"), ThreadedServer(app, log_level="critical") as server:
         response = httpx.get(f"{server.url}/fails", timeout=10)
         # The gateway still serves after it.

@@ -230,7 +230,7 @@ async def test_during_a_drain_new_streams_end_at_once_with_a_retry_and_readyz_sa
             async with open_stream(f"{server.url}/events/{channel}") as before:
                 opening = await before.read_raw_until(b"\n\n")
                 assert (await client.get(f"{server.url}/readyz")).status_code == 200
-                server.call_in_loop(app.app.state.hub.drain)  # what SIGTERM and SIGINT schedule (gateway.app)
+                server.call_in_loop(app.starlette.state.hub.drain)  # what SIGTERM and SIGINT schedule (gateway.app)
                 assert await before.ended(timeout=10)
                 # Its own frame after the opening: a retry of retry_ms plus a jitter of up to retry_ms.
                 (last,) = _retries(bytes(before.raw[len(opening) :]))

@@ -5,15 +5,17 @@ Both brokers share this: the commands are the same, and a cluster client routes 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Any
 
-from redis.exceptions import NoScriptError
+from redis.exceptions import AskError, MovedError, NoScriptError
 
 from gateway.brokers.connections import REDIS_FAILURES
 from gateway.brokers.envelope import encode_pubsub, from_stream_entry
 from gateway.brokers.naming import Naming
+from gateway.brokers.pipeline import Coalescer
 from gateway.brokers.protocol import BACKLOG_PAGE
 from gateway.config import Settings
 from gateway.cursor import MAX_STREAM_ID, ZERO, StreamId, format_stream_id, parse_stream_id
@@ -22,6 +24,7 @@ from gateway.events import Event
 from gateway.sse import event_type_problem
 
 PUBLISH_SCRIPT = resources.files("gateway.brokers").joinpath("publish.lua").read_text()
+ScriptCall = tuple[list[str], list[Any]]  # the script's keys and arguments
 
 
 class RedisBuffer:
@@ -46,6 +49,8 @@ class RedisBuffer:
         self._publish = client.register_script(PUBLISH_SCRIPT)
         self._replicas = settings.publish_replicas
         self._replicas_timeout_ms = max(1, int(settings.publish_replicas_timeout * 1000))
+        self._pipelined = settings.publish_pipeline
+        self._coalescers: dict[str, Coalescer[ScriptCall]] = {}  # by node ("" on one Redis), see brokers.pipeline
 
     async def publish(self, channel: str, data: str, event_type: str | None = None) -> str:
         if event_type is not None and (problem := event_type_problem(event_type)):
@@ -76,6 +81,47 @@ class RedisBuffer:
         return stream_id.decode()
 
     async def _run_publish_script(self, keys: list[str], args: list[Any]) -> Any:
+        if not self._pipelined:
+            return await self._run_script_now((keys, args))
+        name, client = await self._pipeline_route(keys[0])
+        coalescer = self._coalescers.get(name)
+        if coalescer is None:
+            coalescer = self._coalescers[name] = Coalescer(
+                self._run_script_now, lambda calls: self._run_scripts_together(client, calls)
+            )
+        return await coalescer.call((keys, args))
+
+    async def _run_scripts_together(self, client: Any, calls: list[ScriptCall]) -> list[Any]:
+        """One pipeline for ``calls``, a result or an exception each, in order."""
+        results = await self._pipeline(client, calls)
+        again = [n for n, result in enumerate(results) if isinstance(result, NoScriptError)]
+        if again:  # a new server or a promoted replica has no scripts: load it, and send those again, in order
+            await self._load_publish_script(calls[again[0]][0][0])
+            for n, result in zip(again, await self._pipeline(client, [calls[n] for n in again]), strict=True):
+                results[n] = result
+        for n, result in enumerate(results):
+            if isinstance(result, (MovedError, AskError)):  # not run there: the slot is elsewhere now
+                try:
+                    results[n] = await self._run_script_now(calls[n])
+                except REDIS_FAILURES as exc:
+                    results[n] = exc
+        return results
+
+    async def _pipeline(self, client: Any, calls: list[ScriptCall]) -> list[Any]:
+        async with client.pipeline(transaction=False) as pipe:
+            for keys, args in calls:
+                pipe.evalsha(self._publish.sha, len(keys), *keys, *args)
+            return list(await pipe.execute(raise_on_error=False))
+
+    async def _close_pipelines(self) -> None:
+        await asyncio.gather(*(coalescer.close() for coalescer in self._coalescers.values()))
+
+    async def _pipeline_route(self, key: str) -> tuple[str, Any]:
+        """Where a pipeline for ``key`` goes: a name, and a client whose connections reach the key's primary."""
+        return "", self.client
+
+    async def _run_script_now(self, call: ScriptCall) -> Any:
+        keys, args = call
         try:
             return await self._evalsha(keys, args)
         except NoScriptError:

@@ -103,6 +103,7 @@ class ClusterBroker(RedisBuffer):
             return False
 
     async def close(self) -> None:
+        await self._close_pipelines()
         await stop_task(self._checker)
         await stop_tasks(list(self._tasks))  # starts, and stops of retired upstreams, cut short: stopped again below
         await asyncio.gather(*(upstream.stop() for upstream in [*self._upstreams.values(), *self._retired]))
@@ -142,6 +143,12 @@ class ClusterBroker(RedisBuffer):
         # On the key's primary only: redis-py's own reload goes to every primary and fails while any one is down.
         node = await self._node_of(key)
         await self.client.execute_command("SCRIPT", "LOAD", PUBLISH_SCRIPT, target_nodes=node)
+
+    async def _pipeline_route(self, key: str) -> tuple[str, Any]:
+        # One pipeline per primary, through that node's own client: a pipeline of the cluster client would retry
+        # a failed round trip, and a write whose answer was lost would be stored twice.
+        node = await self._node_of(key)
+        return node.name, await self._primary_for(key)
 
     async def _primary_for(self, key: str) -> aioredis.Redis:
         node = await self._node_of(key)

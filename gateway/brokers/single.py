@@ -47,6 +47,7 @@ class SingleNodeBroker(RedisBuffer):
             return False
 
     async def close(self) -> None:
+        await self._close_pipelines()
         if self.upstream is not None:
             await self.upstream.stop()
         await self.client.aclose()

@@ -14,7 +14,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -208,8 +208,9 @@ class StreamHost:
     ``receive``, it keeps none of their frames alive meanwhile and spares every write their wrappers.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, starlette: Any = None) -> None:
         self.app = app
+        self.starlette = starlette  # the Starlette app inside, for its state and routes (tests reach them here)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -1,0 +1,123 @@
+"""The publish endpoints as plain ASGI, in front of the Starlette app: ``POST /publish/{channel}`` and the batch
+``POST /publish`` (see gateway.http.batch).
+
+A publish is a short request that programs send by the thousand a second, so what runs around it is its cost: through
+Starlette's stack (its error and exception middlewares, the router trying every route, the Request object) a publish
+cost the gateway about 300 µs of CPU, against 27 µs for Nchan. Here the path is matched once, the body read straight
+from ``receive``, and the answer sent as two messages. Every documented behaviour is kept: auth, the publish rate,
+the body limit, the same JSON errors and headers, the metrics, and the access log and CORS, which wrap this front
+as they wrap the app (gateway.app). Anything else, a GET on these paths included, goes on to the Starlette app.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+from urllib.parse import parse_qsl
+
+from starlette.requests import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from gateway.brokers.naming import validate_channel
+from gateway.errors import BadRequest, GatewayError, PayloadTooLarge, RedisUnavailable, error_response
+from gateway.metrics import PUBLISH_SECONDS, PUBLISHES
+from gateway.sse import event_type_problem
+
+log = logging.getLogger("gateway.http.publish")
+
+PREFIX = "/publish/"
+JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+class ClientLeft(Exception):
+    """The client closed the connection before its request was complete."""
+
+
+class PublishFront:
+    def __init__(self, app: ASGIApp, state: Any) -> None:
+        """``state``: the Starlette app's state, where the lifespan puts the settings, hub, auth and publish rate."""
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].startswith(PREFIX):
+            try:
+                await self._publish(scope, receive, send)
+            except ClientLeft:
+                pass  # nobody to answer
+            except GatewayError as exc:
+                await exc.response()(scope, receive, send)
+            except Exception:
+                log.exception("unhandled error on POST %s", scope["path"])
+                await error_response(500, "internal", "the gateway failed to handle this request; see its log")(
+                    scope, receive, send
+                )
+            return
+        await self.app(scope, receive, send)
+
+    async def _publish(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state = self.state
+        channel = validate_channel(scope["path"][len(PREFIX) :])
+        event_type = _query_value(scope, "event")
+        if event_type is not None and (problem := event_type_problem(event_type)):
+            raise BadRequest(problem, code="bad_event_type")
+        if state.auth.enabled:
+            state.auth.for_publish(Request(scope, receive), channel)
+        client = scope.get("client")
+        state.publish_rate.take(client[0] if client else "-")
+        body = await read_body(scope, receive, state.settings.max_body_bytes)
+        try:
+            data = body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequest("the body must be UTF-8 text", code="bad_body") from None
+        try:
+            with PUBLISH_SECONDS.time():
+                event_id = await state.hub.broker.publish(channel, data, event_type)
+        except RedisUnavailable:
+            PUBLISHES.labels("redis_unavailable").inc()
+            raise
+        PUBLISHES.labels("published").inc()
+        await send_json(send, 201, {"channel": channel, "id": event_id})
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it is known to pass ``limit`` bytes."""
+    too_large = PayloadTooLarge(f"the body is larger than the limit of {limit} bytes")
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            if value.isdigit() and int(value) > limit:
+                raise too_large
+            break
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientLeft  # before its whole body came: nothing is published
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+async def send_json(send: Send, status: int, content: object) -> None:
+    """A JSON answer on one line ending in a newline, as errors.JSONLine renders it."""
+    body = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode() + b"\n"
+    headers = [*JSON_HEADERS, (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _query_value(scope: Scope, name: str) -> str | None:
+    """Query parameter ``name`` as Starlette's ``query_params.get`` reads it (the last one wins); None when absent."""
+    query: bytes = scope.get("query_string", b"")
+    found = None
+    if query:
+        for key, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+            if key == name:
+                found = value
+    return found
