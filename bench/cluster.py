@@ -44,7 +44,7 @@ async def _publish_round(cluster: RedisClusterProcesses, command: str, publishes
     """Redis CPU microseconds per publish, with the live send made as ``command``."""
     channels = _channels(cluster)
     broker = ClusterBroker(Settings(redis_url=cluster.url, redis_cluster="on"))
-    broker._publish_command = command  # the benchmark's switch: what the live send inside the script is
+    broker.publish_command = command  # the benchmark's switch: what the live send inside the script is
     subscribers = []
     for channel in channels:
         node = cluster.owner_of(f"sse:{{{channel}}}")

@@ -6,12 +6,13 @@ Both brokers share this: the commands are the same, and a cluster client routes 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from importlib import resources
 from typing import Any
 
 from redis.exceptions import AskError, MovedError, NoScriptError
 
+from gateway.brokers.batch import publish_many
 from gateway.brokers.connections import REDIS_FAILURES
 from gateway.brokers.envelope import encode_pubsub, from_stream_entry
 from gateway.brokers.naming import Naming
@@ -19,7 +20,7 @@ from gateway.brokers.pipeline import Coalescer
 from gateway.brokers.protocol import BACKLOG_PAGE
 from gateway.config import Settings
 from gateway.cursor import MAX_STREAM_ID, ZERO, StreamId, format_stream_id, parse_stream_id
-from gateway.errors import BadRequest, RedisUnavailable
+from gateway.errors import BadRequest, GatewayError, RedisUnavailable
 from gateway.events import Event
 from gateway.sse import event_type_problem
 
@@ -45,22 +46,29 @@ class RedisBuffer:
         self._maxlen = settings.buffer_maxlen
         self._max_age_ms = int(settings.buffer_max_age * 1000)
         self._idle_ttl_ms = int(settings.buffer_idle_ttl * 1000)
-        self._publish_command = publish_command
+        self.publish_command = publish_command
         self._publish = client.register_script(PUBLISH_SCRIPT)
-        self._replicas = settings.publish_replicas
-        self._replicas_timeout_ms = max(1, int(settings.publish_replicas_timeout * 1000))
+        self.replicas = settings.publish_replicas
+        self.replicas_timeout_ms = max(1, int(settings.publish_replicas_timeout * 1000))
         self._pipelined = settings.publish_pipeline
         self._coalescers: dict[str, Coalescer[ScriptCall]] = {}  # by node ("" on one Redis), see brokers.pipeline
+
+    def script_limits(self, event_type: str | None, data: str) -> list[Any]:
+        """The publish script's arguments 1 to 5 for one event (see publish.lua)."""
+        return [self._maxlen, self._max_age_ms, event_type or "", data, self._idle_ttl_ms]
+
+    async def publish_many(self, events: Sequence[tuple[str, str, str | None]]) -> list[str | GatewayError]:
+        return await publish_many(self, events)
 
     async def publish(self, channel: str, data: str, event_type: str | None = None) -> str:
         if event_type is not None and (problem := event_type_problem(event_type)):
             raise BadRequest(problem, code="bad_event_type")
         keys = [self.naming.stream_key(channel), self.naming.pubsub_channel(channel)]
-        args = [self._maxlen, self._max_age_ms, event_type or "", data, self._idle_ttl_ms]
+        args = self.script_limits(event_type, data)
         try:
-            if self._replicas:
+            if self.replicas:
                 return await self._publish_replicated(keys, args, event_type, data)
-            stream_id = await self._run_publish_script(keys, [*args, self._publish_command])
+            stream_id = await self._run_publish_script(keys, [*args, self.publish_command])
         except REDIS_FAILURES as exc:
             raise RedisUnavailable(f"Redis is unreachable; the event was not published ({exc})") from exc
         return stream_id.decode() if isinstance(stream_id, bytes) else str(stream_id)
@@ -69,12 +77,12 @@ class RedisBuffer:
         # One connection for the write and the WAIT: WAIT counts the replicas that have this connection's writes.
         async with (await self._primary_for(keys[0])).pipeline(transaction=False) as pipe:
             await self._publish(keys=keys, args=[*args, "LATER"], client=pipe)
-            pipe.wait(self._replicas, self._replicas_timeout_ms)
+            pipe.wait(self.replicas, self.replicas_timeout_ms)
             (stream_id, previous), replicated = await pipe.execute()
-        if replicated < self._replicas:
+        if replicated < self.replicas:
             raise RedisUnavailable(
-                f"only {replicated} of {self._replicas} replicas had the event after "
-                f"{self._replicas_timeout_ms} ms; it was not sent live",
+                f"only {replicated} of {self.replicas} replicas had the event after "
+                f"{self.replicas_timeout_ms} ms; it was not sent live",
                 code="not_replicated",
             )
         await self._send_live(keys[1], encode_pubsub(stream_id, previous, event_type, data))
@@ -83,15 +91,15 @@ class RedisBuffer:
     async def _run_publish_script(self, keys: list[str], args: list[Any]) -> Any:
         if not self._pipelined:
             return await self._run_script_now((keys, args))
-        name, client = await self._pipeline_route(keys[0])
+        name, client = await self.pipeline_route(keys[0])
         coalescer = self._coalescers.get(name)
         if coalescer is None:
             coalescer = self._coalescers[name] = Coalescer(
-                self._run_script_now, lambda calls: self._run_scripts_together(client, calls)
+                self._run_script_now, lambda calls: self.run_scripts_together(client, calls)
             )
         return await coalescer.call((keys, args))
 
-    async def _run_scripts_together(self, client: Any, calls: list[ScriptCall]) -> list[Any]:
+    async def run_scripts_together(self, client: Any, calls: list[ScriptCall]) -> list[Any]:
         """One pipeline for ``calls``, a result or an exception each, in order."""
         results = await self._pipeline(client, calls)
         again = [n for n, result in enumerate(results) if isinstance(result, NoScriptError)]
@@ -107,16 +115,31 @@ class RedisBuffer:
                     results[n] = exc
         return results
 
-    async def _pipeline(self, client: Any, calls: list[ScriptCall]) -> list[Any]:
+    async def _pipeline(self, client: Any, calls: list[ScriptCall], wait: bool = False) -> list[Any]:
         async with client.pipeline(transaction=False) as pipe:
             for keys, args in calls:
                 pipe.evalsha(self._publish.sha, len(keys), *keys, *args)
+            if wait:  # on the same connection as the writes: WAIT counts the replicas that have them
+                pipe.wait(self.replicas, self.replicas_timeout_ms)
             return list(await pipe.execute(raise_on_error=False))
+
+    async def pipeline_then_wait(self, client: Any, calls: list[ScriptCall]) -> tuple[list[Any], int]:
+        """``calls`` and a WAIT on one connection: each call's result, and how many replicas have them all."""
+        *results, replicated = await self._pipeline(client, calls, wait=True)
+        if any(isinstance(result, NoScriptError) for result in results):
+            await self._load_publish_script(calls[0][0][0])
+            again = [n for n, result in enumerate(results) if isinstance(result, NoScriptError)]
+            *retried, replicated = await self._pipeline(client, [calls[n] for n in again], wait=True)
+            for n, result in zip(again, retried, strict=True):
+                results[n] = result
+        if isinstance(replicated, BaseException):
+            raise replicated
+        return results, int(replicated)
 
     async def _close_pipelines(self) -> None:
         await asyncio.gather(*(coalescer.close() for coalescer in self._coalescers.values()))
 
-    async def _pipeline_route(self, key: str) -> tuple[str, Any]:
+    async def pipeline_route(self, key: str) -> tuple[str, Any]:
         """Where a pipeline for ``key`` goes: a name, and a client whose connections reach the key's primary."""
         return "", self.client
 
@@ -142,7 +165,7 @@ class RedisBuffer:
         return self.client
 
     async def _send_live(self, pubsub_channel: str, envelope: bytes) -> None:
-        await self.client.execute_command(self._publish_command, pubsub_channel, envelope)
+        await self.client.execute_command(self.publish_command, pubsub_channel, envelope)
 
     async def tail(self, channel: str) -> StreamId:
         try:

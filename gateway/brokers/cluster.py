@@ -144,7 +144,7 @@ class ClusterBroker(RedisBuffer):
         node = await self._node_of(key)
         await self.client.execute_command("SCRIPT", "LOAD", PUBLISH_SCRIPT, target_nodes=node)
 
-    async def _pipeline_route(self, key: str) -> tuple[str, Any]:
+    async def pipeline_route(self, key: str) -> tuple[str, Any]:
         # One pipeline per primary, through that node's own client: a pipeline of the cluster client would retry
         # a failed round trip, and a write whose answer was lost would be stored twice.
         node = await self._node_of(key)
@@ -174,7 +174,7 @@ class ClusterBroker(RedisBuffer):
                 self._on_event,
                 self._on_catch_up,
                 sharded=True,
-                live_in_order=not self._replicas,
+                live_in_order=not self.replicas,
                 on_trouble=self._trouble,
             )
             self._upstreams[node.name] = upstream

@@ -8,10 +8,11 @@ both. Every Redis failure surfaces as RedisUnavailable, so callers handle one er
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Protocol
 
 from gateway.cursor import StreamId
+from gateway.errors import GatewayError
 from gateway.events import Event
 
 # Entries read per backlog page: each page is written to the client before the next is read, bounding its memory.
@@ -30,6 +31,11 @@ class Broker(Protocol):
 
         Raises BadRequest for an event type that could break SSE framing, RedisUnavailable when Redis fails.
         """
+        ...
+
+    async def publish_many(self, events: Sequence[tuple[str, str, str | None]]) -> list[str | GatewayError]:
+        """Publish ``(channel, data, event type)`` events, in order per channel: each one's stream id, or the error
+        that kept it out (BadRequest, RedisUnavailable). Needs no start()."""
         ...
 
     async def tail(self, channel: str) -> StreamId:

@@ -25,7 +25,7 @@ class SingleNodeBroker(RedisBuffer):
         self.upstream: Upstream | None = None
 
     async def start(self, on_event: OnEvent, on_catch_up: OnCatchUp) -> None:
-        self.upstream = Upstream(self.url, self.naming, on_event, on_catch_up, live_in_order=not self._replicas)
+        self.upstream = Upstream(self.url, self.naming, on_event, on_catch_up, live_in_order=not self.replicas)
         await self.upstream.start()
 
     def subscribe(self, channel: str) -> asyncio.Event:

@@ -179,3 +179,28 @@ async def test_publish_loads_the_script_again_after_the_script_cache_is_flushed(
     for channel in target.channels:
         assert parse_stream_id(await broker.publish(channel, "after")) > ZERO
     assert parse_stream_id(await broker.publish(target.channels[0], "again")) > parse_stream_id(first)
+
+
+async def test_a_batch_is_stored_and_sent_live_in_order_per_channel_with_a_bad_event_refused_alone(
+    started: tuple[Broker, Recorder], target: Target
+) -> None:
+    broker, recorder = started
+    async with asyncio.timeout(10):
+        for channel in target.channels:
+            await broker.subscribe(channel).wait()
+    events = [(target.channels[n % 3], f"batch {n}", "tick" if n % 2 else None) for n in range(1200)]
+    events[7] = (target.channels[1], "refused", "bad\ntype")
+    outcomes = await broker.publish_many(events)
+    assert isinstance(outcomes[7], BadRequest) and outcomes[7].code == "bad_event_type"
+    assert all(isinstance(o, str) for n, o in enumerate(outcomes) if n != 7), outcomes[:10]
+    await recorder.wait_for(lambda: len(recorder.events) == 1199, "every good event live")
+    for channel in target.channels:
+        expected = [(data, kind) for c, data, kind in events if c == channel and data != "refused"]
+        assert [(e.data, e.type) for e in recorder.events if e.channel == channel] == expected
+        stored = [e for page in [p async for p in broker.backlog(channel, ZERO)] for e in page]
+        assert [(e.data, e.type) for e in stored] == expected
+        ids = [
+            parse_stream_id(o) for (c, d, _), o in zip(events, outcomes, strict=True) if c == channel and d != "refused"
+        ]
+        assert [e.stream_id for e in stored] == ids, "each event's outcome is its own id"
+        assert [e.previous for e in stored[1:]] == ids[:-1], "each names the one before it, across script calls"

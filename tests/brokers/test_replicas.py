@@ -124,3 +124,28 @@ def test_a_replicas_timeout_past_the_redis_socket_timeout_is_refused():
 def test_negative_publish_replicas_is_refused():
     with pytest.raises(ValueError, match="publish_replicas must not be negative"):
         Settings(publish_replicas=-1)
+
+
+async def test_a_batch_with_replicas_is_acknowledged_and_sent_live_only_once_the_replica_has_it(primary_and_replica):
+    primary, replica = primary_and_replica
+    channel = "r-" + uuid.uuid4().hex[:8]
+    broker = broker_for(Settings(redis_url=primary.url, publish_replicas=1))
+    short = broker_for(Settings(redis_url=primary.url, publish_replicas=2, publish_replicas_timeout=0.2))
+    recorder = Recorder()
+    await broker.start(recorder.on_event, recorder.on_catch_up)
+    try:
+        await broker.subscribe(channel).wait()
+        outcomes = await broker.publish_many([(channel, f"{n}", None) for n in range(50)])
+        held = [e.decode() for e, _ in replica.client().xrange(f"sse:{{{channel}}}:buffer")]
+        assert outcomes == held, "every id acknowledged is on the replica already"
+        await recorder.wait_for(lambda: len(recorder.events) == 50, "the batch live")
+        refused = await short.publish_many([(channel, f"late {n}", None) for n in range(5)])
+        assert all(isinstance(o, RedisUnavailable) and o.code == "not_replicated" for o in refused), refused
+        sentinel = await broker.publish(channel, "sentinel")
+        await recorder.wait_for(lambda: recorder.events[-1].data == "sentinel", "the sentinel")
+        assert not [e for e in recorder.events if e.data.startswith("late")], "nothing unreplicated was sent live"
+        # The sentinel names the last of them as its previous: the hub is asked to read them from the buffer.
+        assert recorder.catch_up_bounds[-1] == parse_stream_id(sentinel)
+    finally:
+        await broker.close()
+        await short.close()
