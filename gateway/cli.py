@@ -17,7 +17,13 @@ from dataclasses import Field, fields
 from typing import Any
 
 from gateway.config import Settings, env_name, kind, parse
-from sse_gateway_client.cli import Parser, add_listen_command, add_publish_command, run_publish
+from sse_gateway_client.cli import (
+    Parser,
+    add_listen_command,
+    add_publish_command,
+    add_publish_many_command,
+    run_publish,
+)
 from sse_gateway_client.errors import GatewayClientError
 
 
@@ -55,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--redis-url", help="publish straight into this Redis instead of through the gateway")
     publish.set_defaults(run=_publish)
 
+    add_publish_many_command(commands)
     add_listen_command(commands)
 
     token = commands.add_parser("token", help="mint a JWT granting channel patterns")

@@ -65,6 +65,8 @@ class Settings:
     publish_burst: int = setting(50, "burst of publishes allowed above the publish rate")
     max_body_bytes: int = setting(1024 * 1024, "largest publish body")
     # Bounds on what a client can hold before it is a stream (see gateway.http.protocol); 0 turns one off.
+    max_batch_bytes: int = setting(16 * 1024 * 1024, "largest body of a batch publish (POST /publish)")
+    max_batch_events: int = setting(10_000, "most events in one batch publish")
     max_request_head_bytes: int = setting(16 * 1024, "longest request line and headers; past it a 431 (0: no limit)")
     request_timeout: float = setting(10.0, "seconds a client has to send its whole request, head and body (0: none)")
     max_http_connections: int = setting(12_000, "open connections per process, streams or not; past it a 503 (0: none)")
@@ -93,7 +95,7 @@ class Settings:
     def __post_init__(self) -> None:
         positive = (
             "heartbeat", "max_channels", "max_connections", "max_body_bytes", "client_buffer_events",
-            "client_buffer_bytes", "publish_burst",
+            "client_buffer_bytes", "publish_burst", "max_batch_bytes", "max_batch_events",
         )  # fmt: skip
         for name in (*positive, "send_timeout", "workers", "publish_replicas_timeout"):
             if getattr(self, name) <= 0:

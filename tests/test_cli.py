@@ -289,3 +289,21 @@ def test_serve_help_names_each_setting_variable(capsys):
 def test_no_command_prints_help_and_fails(capsys):
     assert main([]) == 2
     assert "serve" in capsys.readouterr().out
+
+
+def test_publish_many_sends_standard_input_as_one_batch_and_fails_when_a_line_is_refused(
+    gateway, redis_server, channel
+):
+    lines = b'{"channel": "%s", "data": "one"}\n{"channel": "%s", "data": "two", "event": "tick"}\n' % (
+        channel.encode(),
+        channel.encode(),
+    )
+    result = _cli("publish-many", "--url", gateway.url, stdin=lines)
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    stored = _buffer(redis_server, channel)
+    assert [r["id"] for r in answer["results"]] == [entry_id for entry_id, _ in stored]
+    refused = _cli("publish-many", "--url", gateway.url, stdin=lines + b'{"channel": "bad name", "data": "x"}\n')
+    assert refused.returncode == 1
+    assert "1 of 3 events refused; line 3: bad_channel" in refused.stderr
+    assert len(_buffer(redis_server, channel)) == 4, "the good lines of the refused batch were published"

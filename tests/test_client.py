@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from sse_gateway_client import GatewayHTTPError, Subscription, publish
+from sse_gateway_client import GatewayHTTPError, Subscription, publish, publish_many
 from tests.servers import GatewayProcess, wait_until
 
 
@@ -95,3 +95,15 @@ def test_client_command_finds_the_gateway_through_sse_gateway_url_and_prints_one
     ((entry_id, entry),) = redis_server.client().xrange(f"sse:{{{channel}}}:buffer")
     assert entry[b"d"] == b"from stdin"
     assert result.stdout == f'{{"channel":"{channel}","id":"{entry_id.decode()}"}}\n'.encode()
+
+
+def test_publish_many_returns_one_result_per_event_and_raises_only_for_a_batch_refused_whole(gateway, channel):
+    answer = publish_many(
+        [{"channel": channel, "data": "a"}, {"channel": "no spaces", "data": "b"}, {"channel": channel, "data": "c"}],
+        base_url=gateway.url,
+    )
+    assert (answer["published"], answer["failed"]) == (2, 1)
+    assert [r.get("error") for r in answer["results"]] == [None, "bad_channel", None]
+    with pytest.raises(GatewayHTTPError) as refused:
+        publish_many([], base_url=gateway.url)
+    assert refused.value.status_code == 400 and refused.value.body["error"] == "empty_batch"

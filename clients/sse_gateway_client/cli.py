@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from .client import DEFAULT_BASE_URL, publish, subscribe
+from .client import DEFAULT_BASE_URL, post_batch, publish, subscribe
 from .errors import GatewayClientError
 from .parser import ServerSentEvent
 
@@ -75,6 +75,17 @@ def add_publish_command(commands: argparse._SubParsersAction) -> argparse.Argume
     _add_token_option(send)
     send.add_argument("--api-key", default=_env(API_KEY_ENV), help=f"API key (default ${API_KEY_ENV})")
     send.set_defaults(command="publish", prog=send.prog, run=run_publish)
+    return send
+
+
+def add_publish_many_command(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    send = commands.add_parser(
+        "publish-many", help='publish a batch: one JSON object a line on standard input, {"channel", "data", "event"}'
+    )
+    _add_url_option(send)
+    _add_token_option(send)
+    send.add_argument("--api-key", default=_env(API_KEY_ENV), help=f"API key (default ${API_KEY_ENV})")
+    send.set_defaults(command="publish-many", prog=send.prog, run=run_publish_many)
     return send
 
 
@@ -159,6 +170,24 @@ def run_publish(args: argparse.Namespace, send: Sender | None = None) -> int:
     return 0
 
 
+def run_publish_many(args: argparse.Namespace) -> int:
+    """Send standard input as one batch, print the answer; exit 1 if any event was refused, naming how many."""
+    body = sys.stdin.buffer.read()
+    try:
+        answer = post_batch(body, base_url=args.url, timeout=60.0, token=args.token, api_key=args.api_key)
+    except GatewayClientError as exc:
+        return fail(args, str(exc))
+    print_answer(answer)
+    if answer["failed"]:
+        first = next(r for r in answer["results"] if "error" in r)
+        return fail(
+            args,
+            f"{answer['failed']} of {len(answer['results'])} events refused; line {first['line']}: "
+            f"{first['error']}: {first['detail']}",
+        )
+    return 0
+
+
 def _send_http(args: argparse.Namespace, data: str) -> dict[str, Any]:
     return publish(args.channel, data, event=args.event, base_url=args.url, token=args.token, api_key=args.api_key)
 
@@ -168,5 +197,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(title="commands", required=True)
     add_listen_command(commands)
     add_publish_command(commands)
+    add_publish_many_command(commands)
     args = parser.parse_args(argv)
     return args.run(args)

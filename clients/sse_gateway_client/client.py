@@ -1,10 +1,12 @@
-"""Synchronous client: `publish()` one message, `subscribe()` to a reconnecting stream of events."""
+"""Synchronous client: `publish()` one message, `publish_many()` a batch, `subscribe()` to a reconnecting stream of
+events."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -13,7 +15,7 @@ import httpx
 from .errors import GatewayConnectionError, GatewayHTTPError
 from .parser import ServerSentEvent, SSEParser
 
-__all__ = ["DEFAULT_BASE_URL", "Subscription", "publish", "subscribe"]
+__all__ = ["DEFAULT_BASE_URL", "Subscription", "publish", "publish_many", "subscribe"]
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
 _EVENT_STREAM = "text/event-stream"
@@ -51,6 +53,39 @@ def publish(
     except httpx.TransportError as exc:
         raise GatewayConnectionError(f"cannot publish to {url}: {exc}") from exc
     if response.status_code != 201:
+        raise GatewayHTTPError.from_response(response)
+    return response.json()
+
+
+def publish_many(
+    events: Iterable[Mapping[str, Any]],
+    *,
+    base_url: str = DEFAULT_BASE_URL,
+    timeout: float = 30.0,
+    token: str | None = None,
+    api_key: str | None = None,
+) -> dict[str, Any]:
+    """Publish many events in one request, each a mapping with `"channel"`, `"data"` and optionally `"event"`.
+
+    Returns the gateway's answer, `{"published": N, "failed": M, "results": [...]}`, one result per event in order:
+    `{"line": n, "channel": ..., "id": ...}`, or `{"line": n, "error": ..., "detail": ...}` for an event the gateway
+    refused (the others are published all the same). Check `answer["failed"]`. Raises GatewayHTTPError when the
+    whole batch is refused (bad credentials, too large) and GatewayConnectionError when the gateway cannot be reached.
+    """
+    body = b"".join(json.dumps(dict(event), ensure_ascii=False).encode("utf-8") + b"\n" for event in events)
+    return post_batch(body, base_url=base_url, timeout=timeout, token=token, api_key=api_key)
+
+
+def post_batch(body: bytes, *, base_url: str, timeout: float, token: str | None, api_key: str | None) -> dict[str, Any]:
+    url = _url(base_url, "publish")
+    headers = {"Content-Type": "application/x-ndjson", **_credentials(token)}
+    if api_key:
+        headers["X-API-Key"] = api_key
+    try:
+        response = httpx.post(url, content=body, headers=headers, timeout=timeout)
+    except httpx.TransportError as exc:
+        raise GatewayConnectionError(f"cannot publish to {url}: {exc}") from exc
+    if response.status_code not in (201, 207):
         raise GatewayHTTPError.from_response(response)
     return response.json()
 

@@ -1,5 +1,5 @@
 """The publish endpoints as plain ASGI, in front of the Starlette app: ``POST /publish/{channel}`` and the batch
-``POST /publish`` (see gateway.http.batch).
+``POST /publish`` (gateway.http.batch).
 
 A publish is a short request that programs send by the thousand a second, so what runs around it is its cost: through
 Starlette's stack (its error and exception middlewares, the router trying every route, the Request object) a publish
@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.brokers.naming import validate_channel
 from gateway.errors import BadRequest, GatewayError, PayloadTooLarge, RedisUnavailable, error_response
+from gateway.http.batch import publish_batch
 from gateway.metrics import PUBLISH_SECONDS, PUBLISHES
 from gateway.sse import event_type_problem
 
@@ -41,9 +42,13 @@ class PublishFront:
         self.state = state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].startswith(PREFIX):
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].startswith(PREFIX[:-1]):
+            path = scope["path"]
+            if path != PREFIX[:-1] and not path.startswith(PREFIX):
+                await self.app(scope, receive, send)  # /publishers, say: not ours
+                return
             try:
-                await self._publish(scope, receive, send)
+                await (self._publish_batch if path == PREFIX[:-1] else self._publish)(scope, receive, send)
             except ClientLeft:
                 pass  # nobody to answer
             except GatewayError as exc:
@@ -79,6 +84,16 @@ class PublishFront:
             raise
         PUBLISHES.labels("published").inc()
         await send_json(send, 201, {"channel": channel, "id": event_id})
+
+    async def _publish_batch(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state = self.state
+        if state.auth.enabled:
+            state.auth.require_credentials(Request(scope, receive))
+        client = scope.get("client")
+        state.publish_rate.take(client[0] if client else "-")  # a batch is one request of the rate
+        body = await read_body(scope, receive, state.settings.max_batch_bytes)
+        status, answer = await publish_batch(state, scope, receive, body)
+        await send_json(send, status, answer)
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:

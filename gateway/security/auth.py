@@ -89,6 +89,21 @@ class Authenticator:
         if not self._verify(token).may_publish(channel):
             raise Forbidden(f"the token does not grant publishing to {channel}")
 
+    def require_credentials(self, connection: HTTPConnection) -> None:
+        """Raise Unauthorized unless the request carries a valid API key or a valid token (a batch's first check:
+        with none, no line of it could be published)."""
+        if not self.enabled:
+            return
+        api_key = connection.headers.get("x-api-key")
+        if api_key is not None:
+            if any(hmac.compare_digest(api_key.encode(), key) for key in self._api_keys):
+                return
+            raise Unauthorized("the API key is not valid")
+        token = self._token(connection)
+        if token is None:
+            raise Unauthorized("publishing needs a token or an API key")
+        self._verify(token)
+
     def _token(self, connection: HTTPConnection) -> str | None:
         scheme, _, credentials = connection.headers.get("authorization", "").partition(" ")
         if scheme.lower() == "bearer" and credentials.strip():
