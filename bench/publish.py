@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import select
 import statistics
 import subprocess
 import sys
@@ -144,6 +145,9 @@ def _received(counter: subprocess.Popen[str], expected: int, timeout: float) -> 
     deadline = time.monotonic() + timeout
     received = 0
     while received < expected and time.monotonic() < deadline:
+        ready, _, _ = select.select([counter.stdout], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            break
         line = counter.stdout.readline()
         if not line:
             break

@@ -49,6 +49,8 @@ SILENCE_BEFORE_PING = 5.0
 BACKOFF_START, BACKOFF_MAX = 0.05, 2.0
 # Browsers reconnect within seconds: keeping an idle subscription a little while saves an UNSUBSCRIBE/SUBSCRIBE pair.
 UNSUBSCRIBE_DELAY = 1.0
+# Messages read before the reader lets the loop turn once (see _read).
+YIELD_EVERY = 64
 
 
 class _Channel:
@@ -261,6 +263,7 @@ class Upstream:
         loop = asyncio.get_running_loop()
         last_heard = loop.time()
         pinged = False
+        read = 0
         while not self._stopping:
             try:
                 message = await pubsub.get_message(timeout=1.0)
@@ -278,6 +281,11 @@ class Upstream:
                     pinged = True
                 continue
             last_heard, pinged = now, False
+            read += 1
+            if read % YIELD_EVERY == 0:
+                # Messages already buffered are read without the loop turning, and the flusher writes to clients
+                # only when it turns: under a burst (a batch publish) clients would be evicted for a full queue.
+                await asyncio.sleep(0)
             kind = message["type"]
             if kind == self._message_kind:
                 channel = self._naming.channel_of(message["channel"].decode())

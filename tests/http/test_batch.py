@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import Iterator
@@ -132,3 +133,17 @@ def test_auth_is_checked_per_channel_and_bad_credentials_refuse_the_batch(protec
     granted = httpx.post(url, content=body, headers={"Authorization": f"Bearer {token}"}, timeout=10)
     assert granted.status_code == 207, granted.text
     assert [r.get("error") for r in granted.json()["results"]] == [None, "forbidden"]
+
+
+async def test_a_burst_of_batches_reaches_a_live_client_whole_without_evicting_it(gateway, names):
+    # Thousands of events arrive from Redis at once; the reader must let the flusher write them out as they come,
+    # or the client's queue (1024 events) fills and it is evicted.
+    channel = names[0]
+    batch = ndjson(*({"channel": channel, "data": f"{n}"} for n in range(2000)))
+    async with open_stream(f"{gateway.url}/events/{channel}") as stream, httpx.AsyncClient(timeout=30) as client:
+        await stream.read_raw_until(b"retry:")
+        answers = await asyncio.gather(*(client.post(f"{gateway.url}/publish", content=batch) for _ in range(4)))
+        assert all(a.status_code == 201 for a in answers)
+        events = await stream.take(8000, timeout=30)
+        assert not stream.finished, "the client was not evicted"
+    assert sorted(int(e.data) for e in events) == sorted(list(range(2000)) * 4)
