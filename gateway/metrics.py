@@ -57,6 +57,9 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 PUBLISH_SECONDS = Histogram(
     "sse_publish_seconds", "Time to store and publish one event in Redis", buckets=LATENCY_BUCKETS
 )
+BATCH_SECONDS = Histogram(
+    "sse_publish_batch_seconds", "Time to store and publish one batch (POST /publish) in Redis", buckets=LATENCY_BUCKETS
+)
 FANOUT_LAG_SECONDS = Histogram(
     "sse_fanout_lag_seconds",
     "From an event's arrival from Redis to the write that carries it to a client (the oldest of each flush turn)",

@@ -39,15 +39,31 @@ async def publish_many(buffer: RedisBuffer, events: Sequence[tuple[str, str, str
     by_node: dict[str, tuple[Any, list[Pending]]] = {}
     for channel, indexes in by_channel.items():
         keys = [buffer.naming.stream_key(channel), buffer.naming.pubsub_channel(channel)]
-        name, client = await buffer.pipeline_route(keys[0])
+        try:
+            name, client = await buffer.pipeline_route(keys[0])
+        except REDIS_FAILURES as exc:  # no primary known for its slot: nothing of this channel was written
+            for n in indexes:
+                outcomes[n] = _unavailable(exc)
+            continue
         for start in range(0, len(indexes), EVENTS_PER_CALL):
             chunk = indexes[start : start + EVENTS_PER_CALL]
             by_node.setdefault(name, (client, []))[1].append(((keys, _script_args(buffer, events, chunk)), chunk))
-    await asyncio.gather(
-        *(_publish_on_node(buffer, client, pending, events, outcomes) for client, pending in by_node.values())
+    nodes = list(by_node.values())
+    done = await asyncio.gather(
+        *(_publish_on_node(buffer, client, pending, events, outcomes) for client, pending in nodes),
+        return_exceptions=True,
     )
-    assert all(outcome is not None for outcome in outcomes)
-    return outcomes  # type: ignore[return-value]
+    for (_, pending), error in zip(nodes, done, strict=True):
+        if isinstance(error, BaseException):  # a bug, not Redis: still one outcome per event, never a whole 500
+            for _, chunk in pending:
+                for n in chunk:
+                    if outcomes[n] is None:
+                        outcomes[n] = GatewayError(f"the gateway failed to publish this event ({error!r})")
+    return [outcome if outcome is not None else GatewayError("not published") for outcome in outcomes]
+
+
+def _unavailable(exc: BaseException) -> RedisUnavailable:
+    return RedisUnavailable(f"Redis is unreachable; the event was not published ({exc})")
 
 
 def _script_args(buffer: RedisBuffer, events: Sequence[tuple[str, str, str | None]], chunk: list[int]) -> list[Any]:
@@ -79,7 +95,7 @@ async def _publish_on_node(
         if isinstance(result, GatewayError):
             failure: GatewayError | None = result
         elif isinstance(result, BaseException):
-            failure = RedisUnavailable(f"Redis is unreachable; the event was not published ({result})")
+            failure = _unavailable(result)
         else:
             failure = None
         if failure is not None:
@@ -88,7 +104,14 @@ async def _publish_on_node(
             continue
         ids = _ids(result, later=bool(buffer.replicas))
         if buffer.replicas:
-            await _send_live(buffer, client, keys[1], chunk, events, result)
+            try:
+                await _send_live(buffer, client, keys[1], chunk, events, result)
+            except REDIS_FAILURES as exc:
+                # Stored and replicated, but not sent live: as a single publish, not acknowledged (a resume or
+                # the next event's missed-message check delivers them).
+                for n in chunk:
+                    outcomes[n] = RedisUnavailable(f"the events were stored but not sent live ({exc})")
+                continue
         for n, stream_id in zip(chunk, ids, strict=True):
             outcomes[n] = stream_id
 

@@ -104,8 +104,12 @@ class RedisBuffer:
         results = await self._pipeline(client, calls)
         again = [n for n, result in enumerate(results) if isinstance(result, NoScriptError)]
         if again:  # a new server or a promoted replica has no scripts: load it, and send those again, in order
-            await self._load_publish_script(calls[again[0]][0][0])
-            for n, result in zip(again, await self._pipeline(client, [calls[n] for n in again]), strict=True):
+            try:
+                await self._load_publish_script(calls[again[0]][0][0])
+                retried = await self._pipeline(client, [calls[n] for n in again])
+            except REDIS_FAILURES as exc:
+                retried = [exc] * len(again)  # those only: the others' results stand
+            for n, result in zip(again, retried, strict=True):
                 results[n] = result
         for n, result in enumerate(results):
             if isinstance(result, (MovedError, AskError)):  # not run there: the slot is elsewhere now
@@ -126,14 +130,21 @@ class RedisBuffer:
     async def pipeline_then_wait(self, client: Any, calls: list[ScriptCall]) -> tuple[list[Any], int]:
         """``calls`` and a WAIT on one connection: each call's result, and how many replicas have them all."""
         *results, replicated = await self._pipeline(client, calls, wait=True)
-        if any(isinstance(result, NoScriptError) for result in results):
-            await self._load_publish_script(calls[0][0][0])
-            again = [n for n, result in enumerate(results) if isinstance(result, NoScriptError)]
-            *retried, replicated = await self._pipeline(client, [calls[n] for n in again], wait=True)
-            for n, result in zip(again, retried, strict=True):
-                results[n] = result
         if isinstance(replicated, BaseException):
             raise replicated
+        again = [n for n, result in enumerate(results) if isinstance(result, NoScriptError)]
+        if again:
+            try:
+                await self._load_publish_script(calls[0][0][0])
+                *retried, second = await self._pipeline(client, [calls[n] for n in again], wait=True)
+            except REDIS_FAILURES as exc:
+                retried, second = [exc] * len(again), replicated
+            if isinstance(second, BaseException):
+                raise second
+            # The second WAIT may have run on another connection: only the lower count covers both rounds.
+            replicated = min(int(replicated), int(second))
+            for n, result in zip(again, retried, strict=True):
+                results[n] = result
         return results, int(replicated)
 
     async def _close_pipelines(self) -> None:

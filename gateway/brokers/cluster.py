@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -29,7 +29,7 @@ from gateway.brokers.connections import REDIS_FAILURES, connect, without_mainten
 from gateway.brokers.protocol import OnCatchUp, OnEvent
 from gateway.brokers.upstream import Upstream
 from gateway.config import REDIS_SOCKET_TIMEOUT, Settings
-from gateway.errors import RedisUnavailable
+from gateway.errors import GatewayError, RedisUnavailable
 from gateway.metrics import CLUSTER_NODE_UP, RESUBSCRIPTIONS, TOPOLOGY_REFRESHES
 from gateway.tasks import stop_task, stop_tasks
 
@@ -117,6 +117,12 @@ class ClusterBroker(RedisBuffer):
         except RedisUnavailable:
             self._check_now.set()  # its primary may be gone: the subscriptions of its slots must move as soon
             raise
+
+    async def publish_many(self, events: Sequence[tuple[str, str, str | None]]) -> list[str | GatewayError]:
+        outcomes = await super().publish_many(events)
+        if any(isinstance(outcome, RedisUnavailable) for outcome in outcomes):
+            self._check_now.set()  # as for a single publish: a primary may be gone
+        return outcomes
 
     async def _publish_replicated(self, keys: list[str], args: list[Any], event_type: str | None, data: str) -> str:
         try:

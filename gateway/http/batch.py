@@ -18,21 +18,20 @@ The answer is 201 when every line was published, else 207, with one result per l
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
-from starlette.requests import Request
-from starlette.types import Receive, Scope
-
 from gateway.brokers.naming import validate_channel
-from gateway.errors import BadRequest, GatewayError, PayloadTooLarge, Unauthorized
-from gateway.metrics import PUBLISH_SECONDS, PUBLISHES
+from gateway.errors import BadRequest, Forbidden, GatewayError, PayloadTooLarge
+from gateway.metrics import BATCH_SECONDS, PUBLISHES
 from gateway.sse import event_type_problem
 
 Line = tuple[int, str, str, str | None]  # line number, channel, data, event type
 
 
-async def publish_batch(state: Any, scope: Scope, receive: Receive, body: bytes) -> tuple[int, dict[str, Any]]:
-    """The status and the answer of a batch whose body was read."""
+async def publish_batch(state: Any, body: bytes, may_publish: Callable[[str], bool]) -> tuple[int, dict[str, Any]]:
+    """The status and the answer of a batch whose body was read; ``may_publish`` tells the channels its credentials
+    grant (gateway.security.auth ``publish_check``)."""
     settings = state.settings
     try:
         text = body.decode("utf-8")
@@ -45,23 +44,19 @@ async def publish_batch(state: Any, scope: Scope, receive: Receive, body: bytes)
         raise PayloadTooLarge(
             f"{len(lines)} events in one batch; at most {settings.max_batch_events}", code="too_many_events"
         )
-    request = Request(scope, receive) if state.auth.enabled else None
-    allowed: dict[str, GatewayError | None] = {}
     results: list[dict[str, Any] | None] = [None] * len(lines)
     good: list[tuple[int, Line]] = []
     for position, (number, raw) in enumerate(lines):
         try:
             line = _parse(number, raw, settings.max_body_bytes)
-            if request is not None:
-                _check_grant(state.auth, request, line[1], allowed)
-        except Unauthorized:
-            raise  # the credentials themselves: no line can be published with them
+            if not may_publish(line[1]):
+                raise Forbidden(f"the credentials do not grant publishing to {line[1]}")
         except GatewayError as exc:
             results[position] = _failure(number, exc)
             continue
         good.append((position, line))
     if good:
-        with PUBLISH_SECONDS.time():
+        with BATCH_SECONDS.time():
             outcomes = await state.hub.broker.publish_many(
                 [(channel, data, kind) for _, (_, channel, data, kind) in good]
             )
@@ -72,16 +67,19 @@ async def publish_batch(state: Any, scope: Scope, receive: Receive, body: bytes)
             )  # fmt: skip
     published = sum(1 for result in results if result is not None and "id" in result)
     failed = len(lines) - published
+    unavailable = sum(1 for r in results if r is not None and r.get("error") in ("redis_unavailable", "not_replicated"))
     PUBLISHES.labels("published").inc(published)
-    if failed:
-        PUBLISHES.labels("refused").inc(failed)
+    if unavailable:
+        PUBLISHES.labels("redis_unavailable").inc(unavailable)
+    if failed - unavailable:
+        PUBLISHES.labels("refused").inc(failed - unavailable)
     return (201 if not failed else 207), {"published": published, "failed": failed, "results": results}
 
 
 def _parse(number: int, raw: str, max_data_bytes: int) -> Line:
     try:
         item = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise BadRequest(f"line {number} is not JSON", code="bad_line") from None
     if not isinstance(item, dict):
         raise BadRequest(f"line {number} is not a JSON object", code="bad_line")
@@ -95,23 +93,13 @@ def _parse(number: int, raw: str, max_data_bytes: int) -> Line:
     validate_channel(channel)
     if kind is not None and (problem := event_type_problem(kind)):
         raise BadRequest(problem, code="bad_event_type")
-    if len(data) > max_data_bytes // 4 and len(data.encode()) > max_data_bytes:
+    try:
+        size = len(data.encode())
+    except UnicodeEncodeError:  # a lone surrogate escape (\ud800): no UTF-8 text can carry it
+        raise BadRequest(f"the data of line {number} is not valid Unicode", code="bad_line") from None
+    if size > max_data_bytes:
         raise PayloadTooLarge(f"the data of line {number} is larger than the limit of {max_data_bytes} bytes")
     return number, channel, data, kind
-
-
-def _check_grant(auth: Any, request: Request, channel: str, allowed: dict[str, GatewayError | None]) -> None:
-    """auth.for_publish once per channel of the batch."""
-    if channel not in allowed:
-        try:
-            auth.for_publish(request, channel)
-            allowed[channel] = None
-        except Unauthorized:
-            raise
-        except GatewayError as exc:
-            allowed[channel] = exc
-    if (refusal := allowed[channel]) is not None:
-        raise refusal
 
 
 def _failure(number: int, error: GatewayError) -> dict[str, Any]:

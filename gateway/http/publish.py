@@ -44,8 +44,8 @@ class PublishFront:
         self.state = state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].startswith(PREFIX[:-1]):
-            path = scope["path"]
+        if scope["type"] == "http" and scope["method"] == "POST" and _route_path(scope).startswith(PREFIX[:-1]):
+            path = _route_path(scope)
             if path != PREFIX[:-1] and not path.startswith(PREFIX):
                 await self.app(scope, receive, send)  # /publishers, say: not ours
                 return
@@ -65,7 +65,7 @@ class PublishFront:
 
     async def _publish(self, scope: Scope, receive: Receive, send: Send) -> None:
         state = self.state
-        channel = validate_channel(scope["path"][len(PREFIX) :])
+        channel = validate_channel(_route_path(scope)[len(PREFIX) :])
         event_type = _query_value(scope, "event")
         if event_type is not None and (problem := event_type_problem(event_type)):
             raise BadRequest(problem, code="bad_event_type")
@@ -89,13 +89,18 @@ class PublishFront:
 
     async def _publish_batch(self, scope: Scope, receive: Receive, send: Send) -> None:
         state = self.state
-        if state.auth.enabled:
-            state.auth.require_credentials(Request(scope, receive))
+        may_publish = state.auth.publish_check(Request(scope, receive))
         client = scope.get("client")
         state.publish_rate.take(client[0] if client else "-")  # a batch is one request of the rate
         body = await read_body(scope, receive, state.settings.max_batch_bytes)
-        status, answer = await publish_batch(state, scope, receive, body)
+        status, answer = await publish_batch(state, body, may_publish)
         await send_json(send, status, answer)
+
+
+def _route_path(scope: Scope) -> str:
+    """The path without the server's root path (uvicorn --root-path), as Starlette's router matches it."""
+    path, root = scope["path"], scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:

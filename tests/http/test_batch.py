@@ -147,3 +147,21 @@ async def test_a_burst_of_batches_reaches_a_live_client_whole_without_evicting_i
         events = await stream.take(8000, timeout=30)
         assert not stream.finished, "the client was not evicted"
     assert sorted(int(e.data) for e in events) == sorted(list(range(2000)) * 4)
+
+
+def test_lines_no_text_can_carry_or_nested_past_reason_are_bad_lines_not_a_failed_batch(gateway, names):
+    body = (
+        b'{"channel": "%s", "data": "\\ud800"}\n' % names[0].encode()  # a lone surrogate: not Unicode text
+        + b"[" * 100_000
+        + b"\n"  # deeper than the JSON parser recurses
+        + ndjson({"channel": names[0], "data": "fine"})
+    )
+    response = httpx.post(f"{gateway.url}/publish", content=body, timeout=10)
+    assert response.status_code == 207, response.text
+    assert [r.get("error") for r in response.json()["results"]] == ["bad_line", "bad_line", None]
+
+
+def test_other_methods_on_the_publish_paths_are_405(gateway):
+    for path in ("/publish", "/publish/x"):
+        response = httpx.get(f"{gateway.url}{path}", timeout=10)
+        assert (response.status_code, response.json()["error"]) == (405, "method_not_allowed")
