@@ -16,6 +16,7 @@ from pathlib import Path
 import redis
 from redis.cluster import RedisCluster
 
+from tests.processes import Signalled
 from tests.servers import free_port, wait_until
 
 NODE_TIMEOUT_MS = 2000
@@ -44,7 +45,7 @@ def _unused_port() -> int:
     return port
 
 
-class ClusterNode:
+class ClusterNode(Signalled):
     def __init__(self, binary: str, directory: Path, extra: tuple[str, ...] = ()) -> None:
         self.binary = binary
         self.extra = extra
@@ -112,19 +113,6 @@ class ClusterNode:
 
     def role(self) -> str:
         return self.client().info("replication")["role"]
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait()
-
-    def pause(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGCONT)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -1,8 +1,30 @@
-"""What /proc says of processes the tests started: their children, whether they still run, who names a path."""
+"""Processes the tests started: breaking them (``Signalled``), and what /proc says of them: their children, whether
+they still run, who names a path."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
 from pathlib import Path
+
+
+class Signalled:
+    """Kill, pause and resume for a server a test started (its ``process``), for the tests that break it."""
+
+    process: subprocess.Popen[bytes] | None
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+    def pause(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
 
 
 def _stat_fields(pid: int | str) -> list[str]:

@@ -19,6 +19,7 @@ import redis
 
 from gateway.brokers.embedded import find_server_binary
 from gateway.brokers.single import PUBLISH_SCRIPT
+from tests.processes import Signalled
 
 
 def free_port() -> int:
@@ -27,7 +28,7 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-class RedisProcess:
+class RedisProcess(Signalled):
     """A redis-server (or valkey-server) on a fixed port, so a restart comes back at the same URL."""
 
     def __init__(self, *, appendonly: bool = False, replica_of: RedisProcess | None = None) -> None:
@@ -81,19 +82,6 @@ class RedisProcess:
         """How many connections subscribe to the channel's Pub/Sub name."""
         return self.client().pubsub_numsub(f"sse:{{{channel}}}")[0][1]
 
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait()
-
-    def pause(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGCONT)
-
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGCONT)
@@ -101,7 +89,7 @@ class RedisProcess:
             self.process.wait(timeout=10)
 
 
-class GatewayProcess:
+class GatewayProcess(Signalled):
     """``python -m gateway serve`` (or ``demo``) in a subprocess on a free port."""
 
     def __init__(
@@ -136,11 +124,6 @@ class GatewayProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait()
 
     def terminate(self, timeout: float = 15) -> int:
         assert self.process is not None

@@ -73,11 +73,7 @@ async def test_a_primary_broken_under_live_traffic_loses_nothing_acknowledged(ri
     except BaseException:
         await workload.finish(settle=0)
         raise
-    report = await workload.finish(settle=30)
-    print(f"\n{cluster.kind} {fault}: {report.summary()}")
-    assert workload.failures == [], workload.failures
-    assert report.ok, report.summary()
-    assert (report.lost, report.duplicated, report.reordered) == (0, 0, 0)
+    await _judge(workload, f"{cluster.kind} {fault}")
 
 
 @pytest.mark.timeout(150)
@@ -107,10 +103,15 @@ async def test_a_gateway_killed_behind_nginx_loses_nothing_acknowledged(request:
     except BaseException:
         await workload.finish(settle=0)
         raise
-    report = await workload.finish(settle=30)
-    print(f"\ngateway killed behind nginx: {report.summary()}")
+    await _judge(workload, "gateway killed behind nginx")
     moved = [s for s in workload.subscribers if len(s.log.connections) > 1]
     assert moved, "some subscribers were on the killed gateway and came back through nginx"
+
+
+async def _judge(workload: Workload, label: str) -> None:
+    """Let every subscriber catch up, print the figures, and hold the run to the promise."""
+    report = await workload.finish(settle=30)
+    print(f"\n{label}: {report.summary()}")
     assert workload.failures == [], workload.failures
     assert report.ok, report.summary()
     assert (report.lost, report.duplicated, report.reordered) == (0, 0, 0)
