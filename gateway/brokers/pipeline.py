@@ -34,6 +34,11 @@ class Coalescer(Generic[Call]):
         self._busy = False
         self._flush: asyncio.Task[None] | None = None
 
+    @property
+    def waiting(self) -> int:
+        """Calls queued for the next round trip."""
+        return len(self._queue)
+
     async def call(self, item: Call) -> Any:
         if self._busy:
             future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()

@@ -76,17 +76,7 @@ class Authenticator:
         return grant
 
     def for_publish(self, connection: HTTPConnection, channel: str) -> None:
-        if not self.enabled:
-            return
-        api_key = connection.headers.get("x-api-key")
-        if api_key is not None:
-            if any(hmac.compare_digest(api_key.encode(), key) for key in self._api_keys):
-                return
-            raise Unauthorized("the API key is not valid")
-        token = self._token(connection)
-        if token is None:
-            raise Unauthorized("publishing needs a token or an API key")
-        if not self._verify(token).may_publish(channel):
+        if not self.publish_check(connection)(channel):
             raise Forbidden(f"the token does not grant publishing to {channel}")
 
     def publish_check(self, connection: HTTPConnection) -> Callable[[str], bool]:

@@ -16,6 +16,12 @@ from gateway.errors import RedisUnavailable
 from tests.servers import RedisProcess
 
 
+async def queued(coalescer: Coalescer[int], count: int) -> None:
+    async with asyncio.timeout(5):
+        while coalescer.waiting < count:
+            await asyncio.sleep(0)  # polling a condition, with a bound
+
+
 async def test_calls_made_while_one_is_in_flight_go_together_in_order():
     batches: list[list[int]] = []
     release = asyncio.Event()
@@ -30,7 +36,7 @@ async def test_calls_made_while_one_is_in_flight_go_together_in_order():
 
     coalescer: Coalescer[int] = Coalescer(one, many)
     calls = [asyncio.ensure_future(coalescer.call(n)) for n in range(6)]
-    await asyncio.sleep(0)  # every call has reached the coalescer (one loop turn, no timing involved)
+    await queued(coalescer, 5)  # the first is in flight, the others wait for it
     release.set()
     results = await asyncio.gather(*calls, return_exceptions=True)
     assert batches == [[1, 2, 3, 4, 5]], "the first went alone, the rest in one round trip, in order"
@@ -55,7 +61,7 @@ async def test_a_round_trip_that_fails_fails_each_of_its_callers_and_the_next_on
 
     coalescer: Coalescer[int] = Coalescer(one, many)
     first = [asyncio.ensure_future(coalescer.call(n)) for n in range(3)]
-    await asyncio.sleep(0)
+    await queued(coalescer, 2)
     release.set()
     results = await asyncio.gather(*first, return_exceptions=True)
     assert results[0] == 0 and all(isinstance(r, ConnectionError) for r in results[1:])
