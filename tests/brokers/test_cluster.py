@@ -187,6 +187,8 @@ async def test_a_primary_lost_under_publishing_is_followed_to_its_promoted_repli
                 await asyncio.sleep(0.01)  # polling the publisher's progress
             primary = cluster.owner_of(key)
             await asyncio.to_thread(fault, cluster, primary)
+            # CLUSTER FAILOVER returns before the replica has taken over: count publishes from the new owner on.
+            await asyncio.to_thread(cluster.wait_for_new_owner, key, primary)
             faulted.set()
             await asyncio.wait_for(publisher, 60)
             promoted = cluster.owner_of(key)
