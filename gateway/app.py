@@ -22,6 +22,7 @@ from gateway.config import Settings, split_list
 from gateway.demo import DemoPublisher
 from gateway.errors import GatewayError, error_response
 from gateway.fanout.hub import Hub
+from gateway.fanout.recent import recent_limits
 from gateway.http.access_log import AccessLog
 from gateway.http.publish import PublishFront
 from gateway.http.publish_rate import PublishRate
@@ -55,6 +56,7 @@ def create_app(
         hub = Hub(
             broker or broker_for(settings),
             tick=min(1.0, settings.heartbeat / 2, settings.send_timeout / 2),
+            recent=recent_limits(settings),
         )
         try:
             await hub.start()

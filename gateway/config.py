@@ -57,6 +57,12 @@ class Settings:
     buffer_idle_ttl: float = setting(
         86400.0, "seconds a quiet channel's buffer is kept when there is no age limit (0: for ever)"
     )
+    # The most recent events of each channel with local subscribers, in memory, so that resumes need no Redis
+    # command (gateway.fanout.recent); never more than the buffer keeps.
+    recent_events: int = setting(1000, "recent events kept in memory per channel for resumes (0: none)")
+    recent_bytes: int = setting(1024 * 1024, "bytes of recent events kept in memory per channel")
+    recent_total_events: int = setting(200_000, "recent events kept in memory in all, every channel together")
+    recent_total_bytes: int = setting(64 * 1024 * 1024, "bytes of recent events kept in memory in all")
     heartbeat: float = setting(15.0, "seconds of quiet before a keepalive comment")
     retry_ms: int = setting(3000, "the retry: hint, in milliseconds, sent at the start of each stream")
     max_channels: int = setting(16, "channels per connection")

@@ -37,6 +37,16 @@ EVICTIONS = Counter("sse_evictions_total", "Clients disconnected for falling beh
 REPLAYS = Counter(
     "sse_replays_total", "Streams resumed from a Last-Event-ID: hit (all still buffered) or miss (a gap)", ["result"]
 )
+BACKLOG_SOURCES = Counter(
+    "sse_backlog_sources_total",
+    "Channels of starting streams whose backlog was served from memory (the ring of recent events) or read from Redis",
+    ["source"],
+)
+BACKLOG_READS = Counter(
+    "sse_backlog_reads_total",
+    "Backlog pages wanted from Redis: read, or shared with a stream already reading it",
+    ["how"],
+)
 GAP_EVENTS = Counter("sse_gap_events_total", "gap events sent")
 CLUSTER_NODE_UP = Gauge(
     "sse_cluster_node_up",

@@ -15,7 +15,9 @@ from gateway.brokers.protocol import Broker
 from gateway.cursor import StreamId
 from gateway.errors import RedisUnavailable
 from gateway.events import Event
+from gateway.fanout.backlog import Backlog
 from gateway.fanout.flusher import Flusher
+from gateway.fanout.recent import Limits, RecentEvents
 from gateway.fanout.replay import catch_up
 from gateway.fanout.subscriber import Subscriber
 from gateway.metrics import EVICTIONS
@@ -24,11 +26,17 @@ from gateway.tasks import stop_task
 log = logging.getLogger("gateway.fanout.hub")
 
 SUBSCRIBE_TIMEOUT = 5.0
+# A channel's ring outlives its last local subscriber by this long, as its upstream subscription does
+# (gateway.brokers.upstream): clients that drop and come back at once resume from memory.
+FORGET_DELAY = 1.0
+NO_RING = Limits(events=0, bytes=0, total_events=0, total_bytes=0, max_age_ms=0, expiry_ms=0)
 
 
 class Hub:
-    def __init__(self, broker: Broker, *, tick: float = 1.0) -> None:
+    def __init__(self, broker: Broker, *, tick: float = 1.0, recent: Limits = NO_RING) -> None:
         self.broker = broker
+        self.recent = RecentEvents(recent)
+        self.backlog = Backlog(broker, self.recent)
         self._tick_interval = tick
         self._ticker: asyncio.Task[None] | None = None
         self._subscribers: dict[str, set[Subscriber]] = {}
@@ -59,6 +67,9 @@ class Hub:
 
     def deliver(self, event: Event) -> None:
         # Synchronous, and offer() never touches the set, so it cannot change under the loop.
+        self.recent.add(event)
+        if self.backlog.reading:
+            self.backlog.overtaken(event.channel)
         for subscriber in self._subscribers.get(event.channel, ()):
             subscriber.offer(event)
 
@@ -78,6 +89,7 @@ class Hub:
             # The broker first: if it refuses (no node serves the channel), detach must not unsubscribe it.
             confirmations.append(self.broker.subscribe(channel))
             self._subscribers.setdefault(channel, set()).add(subscriber)
+            self.recent.keep(channel)
         pending = [asyncio.ensure_future(c.wait()) for c in confirmations if not c.is_set()]
         if not pending:
             return
@@ -104,7 +116,13 @@ class Hub:
             listeners.discard(subscriber)
             if not listeners:
                 del self._subscribers[channel]
+                if self.recent.enabled:
+                    asyncio.get_running_loop().call_later(FORGET_DELAY, self._forget_if_idle, channel)
             self.broker.unsubscribe(channel)
+
+    def _forget_if_idle(self, channel: str) -> None:
+        if channel not in self._subscribers:
+            self.recent.forget(channel)
 
     def drain(self) -> None:
         """End every open stream and refuse new ones: the server is shutting down."""
@@ -118,5 +136,15 @@ class Hub:
 
     async def _catch_up(self, channel: str, until: StreamId | None) -> None:
         listeners = [s for s in self._subscribers.get(channel, ()) if s.close_reason is None]
-        if listeners:
-            await catch_up(self.broker, channel, listeners, until)
+        self.backlog.overtaken(channel)
+        if not listeners:
+            self.recent.restart(channel)  # what was missed is read by nobody: the ring would claim a hole
+            return
+        self.recent.catching_up(channel, True)
+        try:
+            await catch_up(self.broker, channel, listeners, until, record=self.recent.add)
+        except BaseException:
+            self.recent.restart(channel)  # a part of the hole may be unfilled
+            raise
+        finally:
+            self.recent.catching_up(channel, False)

@@ -148,7 +148,7 @@ class EventStream:
         """Fix the starting position, and return the stream's first bytes."""
         # Fixed before the client sees the stream open, so nothing published after its `onopen` counts as old.
         try:
-            positions = await _unless_closed(subscriber, start_positions(self.hub.broker, self.channels, self.cursor))
+            positions = await _unless_closed(subscriber, start_positions(self.hub.backlog, self.channels, self.cursor))
         except RedisUnavailable as exc:
             subscriber.close("redis_unavailable")
             log.warning("stream closed: %s", exc.detail)
@@ -165,7 +165,7 @@ class EventStream:
         await self.hub.attach(subscriber)  # step 1 of the replay (see gateway.fanout.replay)
         if subscriber.close_reason is not None:
             return  # it left while Redis was being waited on: no backlog to read for it
-        await replay(self.hub.broker, subscriber, self._write)
+        await replay(self.hub.backlog, subscriber, self._write)
         if self.cursor is not None:
             REPLAYS.labels("miss" if subscriber.gaps_sent else "hit").inc()
         # Live: the flusher writes from here on; this task steps in only for a write that has to wait.

@@ -1,0 +1,99 @@
+"""Where a resuming stream's backlog comes from: the ring of recent events when it can vouch for the whole of it, and
+otherwise Redis, each page read once for all the streams that ask for it at the same moment.
+
+A stream may share a page read that another stream started before it attached, but only if no live event of the
+channel reached the hub since that read was sent: an event not in the page was then published after Redis ran the
+read, so it reaches the late stream live (it was attached by then), and nothing falls between the two. A read that
+an event (or a catch-up) overtook serves only the streams already waiting on it; a stream that comes later reads
+for itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from gateway.brokers.protocol import BACKLOG_PAGE, Broker
+from gateway.cursor import StreamId
+from gateway.events import Event
+from gateway.fanout.recent import RecentEvents
+from gateway.metrics import BACKLOG_READS
+
+READ, SHARED = BACKLOG_READS.labels("read"), BACKLOG_READS.labels("shared")
+
+
+class _Read:
+    __slots__ = ("task", "overtaken")
+
+    def __init__(self, task: asyncio.Future[list[Event]]) -> None:
+        self.task = task
+        self.overtaken = False  # a live event of the channel reached the hub after this read was sent
+
+
+class Backlog:
+    def __init__(self, broker: Broker, recent: RecentEvents) -> None:
+        self.broker = broker
+        self.recent = recent
+        self._reads: dict[tuple[str, StreamId], _Read] = {}
+        self._reading: dict[str, int] = {}  # channel -> reads in flight: the hub's test on each live event
+
+    def in_memory(self, channel: str, cursor: StreamId) -> list[Event] | None:
+        """The events after ``cursor`` if the ring holds every one of them; else None."""
+        return self.recent.since(channel, cursor)
+
+    async def pages(self, channel: str, after: StreamId) -> AsyncIterator[list[Event]]:
+        """Pages of buffered events after ``after``, oldest first, as gateway.brokers.protocol.Broker.backlog."""
+        while True:
+            page = await self._page(channel, after)
+            if not page:
+                return
+            yield page
+            if len(page) < BACKLOG_PAGE:
+                return
+            last = page[-1].stream_id
+            assert last is not None
+            after = last
+
+    async def buffered(self, channel: str) -> bool:
+        return await self.broker.buffered(channel)
+
+    def overtaken(self, channel: str) -> None:
+        """A live event of ``channel`` reached the hub, or a catch-up of it started: reads in flight are old now."""
+        if channel in self._reading:
+            for (name, _), read in self._reads.items():
+                if name == channel:
+                    read.overtaken = True
+
+    @property
+    def reading(self) -> bool:
+        return bool(self._reading)
+
+    async def _page(self, channel: str, after: StreamId) -> list[Event]:
+        key = (channel, after)
+        read = self._reads.get(key)
+        if read is None or read.overtaken:
+            read = self._reads[key] = _Read(asyncio.ensure_future(self._read(channel, after)))
+            self._reading[channel] = self._reading.get(channel, 0) + 1
+            read.task.add_done_callback(lambda _: self._done(key, read))
+            READ.inc()
+        else:
+            SHARED.inc()
+        # Shielded: a stream that leaves must not cancel the read of those still waiting on it.
+        return await asyncio.shield(read.task)
+
+    async def _read(self, channel: str, after: StreamId) -> list[Event]:
+        pages = self.broker.backlog(channel, after)
+        try:
+            return await anext(pages, [])
+        finally:
+            await pages.aclose()  # type: ignore[attr-defined]
+
+    def _done(self, key: tuple[str, StreamId], read: _Read) -> None:
+        if self._reads.get(key) is read:
+            del self._reads[key]
+        channel = key[0]
+        self._reading[channel] -= 1
+        if not self._reading[channel]:
+            del self._reading[channel]
+        if not read.task.cancelled():
+            read.task.exception()  # retrieved, so a failure that every waiter left before is not logged as lost
