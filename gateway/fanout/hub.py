@@ -87,9 +87,14 @@ class Hub:
         confirmations = []
         for channel in subscriber.channels:
             # The broker first: if it refuses (no node serves the channel), detach must not unsubscribe it.
-            confirmations.append(self.broker.subscribe(channel))
+            confirmation = self.broker.subscribe(channel)
+            confirmations.append(confirmation)
             self._subscribers.setdefault(channel, set()).add(subscriber)
             self.recent.keep(channel)
+            if not confirmation.is_set():
+                # A subscription starting afresh (its channel was dropped at a reconnect, say) has heard nothing yet,
+                # and will not catch up what came before it: the ring cannot vouch for its past.
+                self.recent.restart(channel)
         pending = [asyncio.ensure_future(c.wait()) for c in confirmations if not c.is_set()]
         if not pending:
             return
