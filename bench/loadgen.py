@@ -22,6 +22,8 @@ from array import array
 
 import uvloop
 
+from bench.chunked import Dechunker
+
 MESSAGE = re.compile(rb"data: t=(\d+);c=(\d+);s=(-?\d+);")
 time_ns = time.time_ns
 
@@ -59,10 +61,7 @@ class SSEClient(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.head = b""
         self.status = 0
-        self.chunked = False
-        self.raw = b""
-        self.chunk_left = 0
-        self.crlf_left = 0
+        self.dechunker: Dechunker | None = None
         self.tail = b""
         self.finished = False
         self.opened = asyncio.get_running_loop().create_future()
@@ -84,13 +83,14 @@ class SSEClient(asyncio.Protocol):
             head, data = self.head[:end].lower(), self.head[end + 4 :]
             self.head = b""
             self.status = int(head[9:12])
-            self.chunked = b"transfer-encoding: chunked" in head
+            if b"transfer-encoding: chunked" in head:
+                self.dechunker = Dechunker()
             if not self.opened.done():
                 self.opened.set_result(self.status)
             if self.status != 200:
                 self._finish()
                 return
-        body = self._dechunk(data) if self.chunked else data
+        body = self.dechunker.feed(data) if self.dechunker else data
         buffer = self.tail + body if self.tail else body
         cut = buffer.rfind(b"\n") + 1
         self.tail = buffer[cut:]
@@ -129,33 +129,6 @@ class SSEClient(asyncio.Protocol):
             if self.received >= self.expected and all(v >= self.per_channel for v in next_seq.values()):
                 self.done_ns = now
                 self._finish()
-
-    def _dechunk(self, data: bytes) -> bytes:
-        raw = self.raw + data if self.raw else data
-        out = []
-        pos, size = 0, len(raw)
-        while pos < size:
-            if self.chunk_left:
-                take = min(self.chunk_left, size - pos)
-                out.append(raw[pos : pos + take])
-                pos += take
-                self.chunk_left -= take
-                if not self.chunk_left:
-                    self.crlf_left = 2
-            elif self.crlf_left:
-                skip = min(self.crlf_left, size - pos)
-                pos += skip
-                self.crlf_left -= skip
-            else:
-                eol = raw.find(b"\r\n", pos)
-                if eol < 0:
-                    break
-                self.chunk_left = int(raw[pos:eol].split(b";", 1)[0], 16)
-                pos = eol + 2
-                if not self.chunk_left:
-                    pos = size  # the last chunk: the server ended the stream
-        self.raw = raw[pos:]
-        return out[0] if len(out) == 1 else b"".join(out)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.opened.done():

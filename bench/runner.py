@@ -10,92 +10,17 @@ backlog first, then resumes from the anchor's id, one client after another.
 
 from __future__ import annotations
 
-import http.client
-import json
-import queue
-import subprocess
-import sys
-import threading
 import time
 import uuid
 from pathlib import Path
 
 import numpy as np
 
+from bench.child import Child
 from bench.measure import CpuMeter, memory, process_tree
+from bench.poster import Poster
 from bench.scenarios import Scenario
-from bench.servers import REPO, Redis, Server, die_with_parent
-
-
-class Child:
-    """A bench process (load generator or publisher) speaking JSON lines on stdin and stdout."""
-
-    def __init__(self, module: str, spec: dict) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", module], stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=REPO,
-            start_new_session=True, preexec_fn=die_with_parent,
-        )  # fmt: skip
-        self.lines: queue.Queue[dict | None] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-        self.send(json.dumps(spec))
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.put(json.loads(line))
-        self.lines.put(None)
-
-    def send(self, line: str) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.write(line.encode() + b"\n")
-        self.process.stdin.flush()
-
-    def expect(self, event: str | None, timeout: float) -> dict:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                message = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
-            except queue.Empty:
-                raise TimeoutError(f"no {event or 'answer'} within {timeout} s") from None
-            if message is None:
-                raise RuntimeError(f"bench process exited with {self.process.wait()} before {event or 'answering'}")
-            if event is None or message.get("event") == event:
-                return message
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait()
-
-
-class Poster:
-    """Warm-up and anchor publishes from the orchestrator, over one keep-alive connection."""
-
-    def __init__(self, port: int) -> None:
-        self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        self.failures = 0
-
-    def post(self, path: str, body: str) -> bytes:
-        try:
-            self.connection.request("POST", path, body, {"Accept": "application/json", "Content-Type": "text/plain"})
-            response = self.connection.getresponse()
-            answer = response.read()
-        except (OSError, http.client.HTTPException) as exc:
-            self.connection.close()  # the next request reconnects
-            raise RuntimeError(f"publish to {path} failed: {exc!r}") from exc
-        if not 200 <= response.status < 300:
-            raise RuntimeError(f"publish to {path} answered {response.status}: {answer[:200]!r}")
-        return answer
-
-    def try_post(self, path: str, body: str) -> None:
-        """A publish whose failure is only counted: a warm-up goes on against a server that is failing."""
-        try:
-            self.post(path, body)
-        except RuntimeError:
-            self.failures += 1
-
-    def close(self) -> None:
-        self.connection.close()
+from bench.servers import Redis, Server
 
 
 def run(server: Server, scenario: Scenario, redis: Redis, workdir: Path, *, idle_timeout: float) -> dict:

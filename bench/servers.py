@@ -107,6 +107,22 @@ class Redis:
             sock.sendall(request.encode())
             return sock.recv(4096).decode().strip()
 
+    def command_calls(self) -> dict[str, int]:
+        """Calls so far of each command, from ``INFO commandstats`` (``INFO`` itself left out)."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+            sock.sendall(b"*2\r\n$4\r\nINFO\r\n$12\r\ncommandstats\r\n")
+            reply = sock.recv(65536)
+            length = int(reply[1 : reply.index(b"\r\n")])
+            while len(reply) < reply.index(b"\r\n") + 2 + length:
+                reply += sock.recv(65536)
+        calls = {}
+        for line in reply.decode().splitlines():
+            if line.startswith("cmdstat_"):
+                name, fields = line[len("cmdstat_") :].split(":", 1)
+                calls[name] = int(fields.split(",", 1)[0].removeprefix("calls="))
+        calls.pop("info", None)
+        return calls
+
     def stop(self) -> None:
         stop(self.process)
 
