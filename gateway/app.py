@@ -24,6 +24,7 @@ from gateway.errors import GatewayError, error_response
 from gateway.fanout.hub import Hub
 from gateway.fanout.recent import recent_limits
 from gateway.http.access_log import AccessLog
+from gateway.http.events import EventsFront
 from gateway.http.publish import PublishFront
 from gateway.http.publish_rate import PublishRate
 from gateway.http.routes import routes
@@ -88,8 +89,9 @@ def create_app(
         lifespan=lifespan,
         exception_handlers={GatewayError: _gateway_error, HTTPException: _http_error, Exception: _internal_error},
     )
-    # The publish endpoints run in front of Starlette (gateway.http.publish); the access log and CORS wrap both.
-    app: ASGIApp = PublishFront(starlette, starlette.state)
+    # The stream and publish endpoints run in front of Starlette (gateway.http.events, gateway.http.publish); the
+    # access log and CORS wrap them all.
+    app: ASGIApp = PublishFront(EventsFront(starlette, starlette.state), starlette.state)
     if settings.cors_origins:
         app = CORSMiddleware(
             app,

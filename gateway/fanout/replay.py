@@ -45,6 +45,21 @@ def trimmed_after(position: StreamId, first: Event) -> StreamId | None:
     return first_id if lost else None
 
 
+def known_start(
+    backlog: Backlog, channels: tuple[str, ...], cursor: dict[str, StreamId] | None
+) -> dict[str, StreamId] | None:
+    """The start positions if they are known without asking Redis (a resume, or rings holding every channel)."""
+    if cursor is not None:
+        return cursor
+    positions = {}
+    for channel in channels:
+        newest = backlog.recent.newest(channel)
+        if newest is None:
+            return None
+        positions[channel] = newest
+    return positions
+
+
 async def start_positions(
     backlog: Backlog, channels: tuple[str, ...], cursor: dict[str, StreamId] | None
 ) -> dict[str, StreamId]:

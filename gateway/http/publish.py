@@ -22,8 +22,9 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.brokers.naming import validate_channel
-from gateway.errors import BadRequest, GatewayError, PayloadTooLarge, RedisUnavailable, error_response
+from gateway.errors import BadRequest, PayloadTooLarge, RedisUnavailable
 from gateway.http.batch import publish_batch
+from gateway.http.front import ClientLeft, answer_errors, route_path
 from gateway.metrics import PUBLISH_SECONDS, PUBLISHES
 from gateway.sse import event_type_problem
 
@@ -33,10 +34,6 @@ PREFIX = "/publish/"
 JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
-class ClientLeft(Exception):
-    """The client closed the connection before its request was complete."""
-
-
 class PublishFront:
     def __init__(self, app: ASGIApp, state: Any) -> None:
         """``state``: the Starlette app's state, where the lifespan puts the settings, hub, auth and publish rate."""
@@ -44,28 +41,19 @@ class PublishFront:
         self.state = state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and _route_path(scope).startswith(PREFIX[:-1]):
-            path = _route_path(scope)
+        if scope["type"] == "http" and scope["method"] == "POST" and route_path(scope).startswith(PREFIX[:-1]):
+            path = route_path(scope)
             if path != PREFIX[:-1] and not path.startswith(PREFIX):
                 await self.app(scope, receive, send)  # /publishers, say: not ours
                 return
-            try:
+            async with answer_errors(scope, receive, send):
                 await (self._publish_batch if path == PREFIX[:-1] else self._publish)(scope, receive, send)
-            except ClientLeft:
-                pass  # nobody to answer
-            except GatewayError as exc:
-                await exc.response()(scope, receive, send)
-            except Exception:
-                log.exception("unhandled error on POST %s", scope["path"])
-                await error_response(500, "internal", "the gateway failed to handle this request; see its log")(
-                    scope, receive, send
-                )
             return
         await self.app(scope, receive, send)
 
     async def _publish(self, scope: Scope, receive: Receive, send: Send) -> None:
         state = self.state
-        channel = validate_channel(_route_path(scope)[len(PREFIX) :])
+        channel = validate_channel(route_path(scope)[len(PREFIX) :])
         event_type = _query_value(scope, "event")
         if event_type is not None and (problem := event_type_problem(event_type)):
             raise BadRequest(problem, code="bad_event_type")
@@ -95,12 +83,6 @@ class PublishFront:
         body = await read_body(scope, receive, state.settings.max_batch_bytes)
         status, answer = await publish_batch(state, body, may_publish)
         await send_json(send, status, answer)
-
-
-def _route_path(scope: Scope) -> str:
-    """The path without the server's root path (uvicorn --root-path), as Starlette's router matches it."""
-    path, root = scope["path"], scope.get("root_path", "")
-    return path[len(root) :] if root and path.startswith(root) else path
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:

@@ -8,11 +8,9 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from gateway.brokers.naming import validate_channel
-from gateway.config import Settings
-from gateway.cursor import channel_set, parse_cursor
-from gateway.errors import BadRequest, JSONLine, RedisUnavailable, error_response
+from gateway.errors import JSONLine, RedisUnavailable, error_response
 from gateway.fanout.hub import Hub
+from gateway.http.events import stream_for
 from gateway.http.stream import EventStream
 from gateway.metrics import metrics
 
@@ -27,24 +25,8 @@ register_url_convertor("anything", _Anything())
 
 
 async def events(request: Request) -> EventStream:
-    settings: Settings = request.app.state.settings
-    if "channel" in request.path_params:
-        requested = [request.path_params["channel"]]
-    else:
-        requested = request.query_params.getlist("channel")
-        if not requested:
-            raise BadRequest("name a channel: /events/NAME or /events?channel=a&channel=b", code="no_channel")
-    channels = channel_set(validate_channel(name) for name in requested)
-    if len(channels) > settings.max_channels:
-        raise BadRequest(
-            f"{len(channels)} channels requested; at most {settings.max_channels} per connection",
-            code="too_many_channels",
-        )
-    # The header wins: a browser resends it on reconnect while the URL keeps the first lastEventId.
-    last_event_id = request.headers.get("last-event-id") or request.query_params.get("lastEventId")
-    cursor = parse_cursor(last_event_id, channels) if last_event_id else None
-    grant = request.app.state.auth.for_subscribe(request, channels)
-    return EventStream(request.app.state.hub, channels, cursor, settings, expires_at=grant.expires_at)
+    """A HEAD of a stream: GET is answered in front of this app (gateway.http.events), the same way."""
+    return stream_for(request.app.state, request.scope, request.path_params.get("channel"))
 
 
 async def publish(request: Request) -> Response:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import functools
 import logging
 import random
 import time
@@ -22,7 +23,7 @@ from gateway.config import Settings, split_list
 from gateway.cursor import StreamId
 from gateway.errors import RedisUnavailable
 from gateway.fanout.hub import Hub
-from gateway.fanout.replay import replay, start_positions
+from gateway.fanout.replay import known_start, replay, start_positions
 from gateway.fanout.stepping import Watch
 from gateway.fanout.subscriber import Subscriber
 from gateway.metrics import OPEN_STREAMS, REFUSED, REPLAYS, STREAMS_CLOSED
@@ -48,7 +49,7 @@ class EventStream:
 
     __slots__ = (
         "hub", "channels", "cursor", "settings", "expires_at",
-        "_subscriber", "_opening", "_opened", "_fields", "_send",
+        "_subscriber", "_opening", "_opened", "_client", "_send",
     )  # fmt: skip
 
     def __init__(
@@ -68,12 +69,12 @@ class EventStream:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         settings = self.settings
-        conflated = split_list(settings.conflate_channels)
+        patterns = settings.conflate_channels
         subscriber = Subscriber(
             self.channels,
             max_events=settings.client_buffer_events,
             max_bytes=settings.client_buffer_bytes,
-            conflate=[c for c in self.channels if any(fnmatch.fnmatchcase(c, p) for p in conflated)],
+            conflate=[c for c in self.channels if _conflated(patterns, c)] if patterns else (),
             heartbeat=settings.heartbeat,
             send_timeout=settings.send_timeout,
             expires_at=self.expires_at,
@@ -85,8 +86,9 @@ class EventStream:
         self.hub.open(subscriber)
         OPEN_STREAMS.inc()
         self._subscriber, self._opened = subscriber, time.monotonic()
-        self._fields = {"channels": ",".join(self.channels), "client": "%s:%s" % (scope.get("client") or ("-", 0))}
-        log.info("stream opened", extra={"fields": {**self._fields, "resume": self.cursor is not None}})
+        self._client = scope.get("client")
+        if log.isEnabledFor(logging.INFO):  # the fields are built only for a line that is written
+            log.info("stream opened", extra={"fields": {**self._fields(), "resume": self.cursor is not None}})
         try:
             self._opening = await self._opening_lines(subscriber)
             await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
@@ -148,7 +150,12 @@ class EventStream:
         """Fix the starting position, and return the stream's first bytes."""
         # Fixed before the client sees the stream open, so nothing published after its `onopen` counts as old.
         try:
-            positions = await _unless_closed(subscriber, start_positions(self.hub.backlog, self.channels, self.cursor))
+            # Known at once for a resume, or from the rings: a task to wait on Redis is made only when Redis is asked.
+            positions = known_start(self.hub.backlog, self.channels, self.cursor)
+            if positions is None:
+                positions = await _unless_closed(
+                    subscriber, start_positions(self.hub.backlog, self.channels, self.cursor)
+                )
         except RedisUnavailable as exc:
             subscriber.close("redis_unavailable")
             log.warning("stream closed: %s", exc.detail)
@@ -186,8 +193,12 @@ class EventStream:
         OPEN_STREAMS.dec()
         reason = subscriber.close_reason or "ended"
         STREAMS_CLOSED.labels(reason).inc()
-        seconds = round(time.monotonic() - self._opened, 3)
-        log.info("stream closed", extra={"fields": {**self._fields, "reason": reason, "seconds": seconds}})
+        if log.isEnabledFor(logging.INFO):
+            seconds = round(time.monotonic() - self._opened, 3)
+            log.info("stream closed", extra={"fields": {**self._fields(), "reason": reason, "seconds": seconds}})
+
+    def _fields(self) -> dict[str, object]:
+        return {"channels": ",".join(self.channels), "client": "%s:%s" % (self._client or ("-", 0))}
 
 
 async def _turn_away(send: Send, retry_ms: int) -> None:
@@ -227,6 +238,12 @@ class StreamHost:
             raise
         for stream in later:
             await stream.run(receive, send)
+
+
+@functools.lru_cache(maxsize=4096)
+def _conflated(patterns: str, channel: str) -> bool:
+    """Whether the channel is one of the conflated globs: matched once per channel, not once per connection."""
+    return any(fnmatch.fnmatchcase(channel, pattern) for pattern in split_list(patterns))
 
 
 async def _unless_closed(subscriber: Subscriber, work: Awaitable[T]) -> T | None:
