@@ -40,12 +40,21 @@ def main(argv: list[str] | None = None) -> int:
         help="run each scenario this many times; the table shows, "
         "for each server, the run with the median CPU per delivery (default 1)",
     )
+    parser.add_argument(
+        "--gateway-env",
+        action="append",
+        default=[],
+        help="KEY=VALUE for the gateways, a switch such as SSE_GATEWAY_WRITE_PATH=stepped (repeatable)",
+    )
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.servers.split(",") if n.strip()]
     if unknown := set(names) - set(SERVERS):
         parser.error(f"unknown server(s): {', '.join(sorted(unknown))}")
     if any(n.startswith("nchan") for n in names) and not Path(servers.NCHAN_MODULE).exists():
         parser.error("Nchan is missing: apt-get install -y nginx libnginx-mod-nchan")
+    if bad := [item for item in args.gateway_env if "=" not in item]:
+        parser.error(f"--gateway-env takes KEY=VALUE, not {bad[0]}")
+    gateway_env = dict(item.split("=", 1) for item in args.gateway_env)
     chosen = scenarios.select(scenarios.quick() if args.quick else scenarios.full(), args.only)
     if args.loadgen_processes:
         chosen = [dataclasses.replace(s, loadgen_processes=args.loadgen_processes) for s in chosen]
@@ -65,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         for scenario in chosen:
             for repeat in range(args.repeat):
                 for name in names:
-                    result = _one(name, scenario, redis, workdir, idle_timeout=3.0 if args.quick else 5.0)
+                    result = _one(
+                        name, scenario, redis, workdir, idle_timeout=3.0 if args.quick else 5.0, gateway_env=gateway_env
+                    )
                     results.append({**result, "repeat": repeat})
     except KeyboardInterrupt:
         print("\ninterrupted: reporting what finished", file=sys.stderr)
@@ -83,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         "workers), not Redis, which is reported apart; RSS per idle connection is the server's RSS growth over "
         "the open, warmed-up connections divided by their number",
         "repeat": args.repeat,
+        "gateway_env": gateway_env,
         "results": shown,
         "all_runs": results if args.repeat > 1 else None,
     }
@@ -94,11 +106,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _one(name: str, scenario: scenarios.Scenario, redis: servers.Redis, workdir: Path, *, idle_timeout: float) -> dict:
+def _one(
+    name: str,
+    scenario: scenarios.Scenario,
+    redis: servers.Redis,
+    workdir: Path,
+    *,
+    idle_timeout: float,
+    gateway_env: dict[str, str],
+) -> dict:
     print(f"[{time.strftime('%H:%M:%S')}] ({scenario.key}) {name} ...", file=sys.stderr, flush=True)
     server = None
     try:
-        server = servers.start(name, redis, workdir)
+        server = servers.start(name, redis, workdir, gateway_env)
         result = runner.run(server, scenario, redis, workdir, idle_timeout=idle_timeout)
     except (RuntimeError, TimeoutError, OSError) as exc:
         traceback.print_exc()

@@ -132,7 +132,7 @@ class Server:
     """One server under test: how to subscribe and publish, and its root process."""
 
     name: str
-    kind: str  # "gateway", "nchan" or "naive"
+    kind: str  # "gateway", "nchan", "naive" or "floor" (bench/floor_app.py: opens streams, nothing else)
     port: int
     process: subprocess.Popen[bytes]
     workers: int
@@ -141,7 +141,7 @@ class Server:
 
     @property
     def supports_replay(self) -> bool:
-        return self.kind != "naive"
+        return self.kind not in ("naive", "floor")
 
     def subscribe_path(self, channels: list[str]) -> str:
         if self.kind == "nchan":
@@ -167,6 +167,7 @@ def start(name: str, redis: Redis, workdir: Path, gateway_env: dict[str, str] | 
     kind, workers = {
         "gateway1": ("gateway", 1), "gateway2": ("gateway", 2),
         "nchan1": ("nchan", 1), "nchan2": ("nchan", 2), "naive": ("naive", 1),
+        "floor": ("floor", 1),
     }[name]  # fmt: skip
     port = free_port()
     log = workdir / f"{name}-{port}.log"
@@ -186,7 +187,7 @@ def start(name: str, redis: Redis, workdir: Path, gateway_env: dict[str, str] | 
     else:
         env.update(NAIVE_REDIS_URL=redis.url)
         command = [
-            sys.executable, "-m", "uvicorn", "bench.naive_app:app", "--port", str(port), "--log-level", "warning",
+            sys.executable, "-m", "uvicorn", f"bench.{kind}_app:app", "--port", str(port), "--log-level", "warning",
             "--no-access-log", "--loop", "uvloop", "--http", "httptools",
         ]  # fmt: skip
         ready_path = "/"
@@ -224,9 +225,14 @@ http {{
     nchan_message_buffer_length {BUFFER_LENGTH};
     server {{
         listen 127.0.0.1:{port} backlog=4096;
-        location ~ ^/sub/(.+)$ {{ nchan_subscriber eventsource; nchan_channel_id $1; nchan_redis_pass bench_redis; }}
+        # A stream without Last-Event-ID starts at what is published next, as the gateway's does (the default, oldest,
+        # would send it the whole buffer).
+        location ~ ^/sub/(.+)$ {{
+            nchan_subscriber eventsource; nchan_subscriber_first_message newest;
+            nchan_channel_id $1; nchan_redis_pass bench_redis;
+        }}
         location = /multi {{
-            nchan_subscriber eventsource;
+            nchan_subscriber eventsource; nchan_subscriber_first_message newest;
             nchan_channel_id_split_delimiter ",";
             nchan_channel_id $arg_c;
             nchan_redis_pass bench_redis;

@@ -12,8 +12,12 @@ Scenarios (``--scenarios``), on a fresh channel each run:
   between connect and response head at a time, and each reads until it has its events, checks they are exactly the
   ones published, in order, and closes.
 - one: the same, one event behind.
-- fresh: the streams connect with no Last-Event-ID to a channel with no events (Nchan would send a new subscriber
-  every buffered event), each waits for its response head and first body bytes, and they all close once all are open.
+- fresh: ``--fresh-backlog`` events (10) are published, as on a live feed; then the streams connect with no
+  Last-Event-ID (Nchan is told ``nchan_subscriber_first_message newest``, so neither server sends old events), each
+  waits for its response head and first body bytes, and they all close once all are open.
+- empty: fresh, on a channel that has never had an event (not in the default set): the gateway's ring has no newest id
+  to start from, so each stream asks Redis for the channel's tail. The one scenario the ``floor`` server takes
+  (bench/floor_app.py: Python's least cost of opening a stream under uvicorn).
 
 In every run one more stream, the holder, is subscribed to the channel from before the publishes to the end, on both
 servers: the gateway keeps a channel's recent events in memory only while the channel has a subscriber there, and
@@ -41,20 +45,22 @@ from bench.poster import Poster
 from bench.servers import Redis, Server, start, stop_all
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SCENARIOS = ("behind", "fresh", "one")
+SCENARIOS = ("behind", "fresh", "one")  # and "empty", on request
 # 10,000 storm clients and the holder are past the gateway's default limits of one process (10,000 and 12,000).
 GATEWAY_DEFAULTS = {"SSE_GATEWAY_MAX_CONNECTIONS": "20000", "SSE_GATEWAY_MAX_HTTP_CONNECTIONS": "20000"}
 
 
 def storm_round(server: Server, redis: Redis, scenario: str, args: argparse.Namespace) -> dict:
-    behind = {"behind": args.behind, "one": 1, "fresh": 0}[scenario]
+    behind = {"behind": args.behind, "one": 1}.get(scenario, 0)
+    published = {"behind": args.behind, "one": 1, "fresh": args.fresh_backlog}.get(scenario, 0)
     channel = f"storm-{uuid.uuid4().hex[:8]}"
     path = server.subscribe_path([channel])
     holder = Child("bench.storm_clients", {"mode": "hold", "port": server.port, "path": path})
     clients: list[Child] = []
     try:
         _expect(holder, "open", 30, f"{server.name}: the holder's stream")
-        anchor = publish_backlog(server, channel, behind, holder) if behind else None
+        anchor = publish_backlog(server, channel, published, holder) if published else None
+        anchor = anchor if behind else None  # a fresh stream sends none
         clients = [Child("bench.storm_clients", spec) for spec in _client_specs(server, path, behind, anchor, args)]
         for client in clients:
             _expect(client, "ready", 30, "a client process")
@@ -164,6 +170,8 @@ def main() -> int:
         for scenario in args.scenarios.split(","):
             for repeat in range(args.repeat):
                 for server in servers if repeat % 2 == 0 else servers[::-1]:
+                    if server.kind == "floor" and scenario != "empty":
+                        continue  # it opens streams and does nothing else: there is nothing to publish or replay
                     runs.append({**_one(server, redis, scenario, args), "repeat": repeat})
     except KeyboardInterrupt:
         print("\ninterrupted: reporting what finished", file=sys.stderr)
@@ -208,9 +216,10 @@ def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.storm", description=__doc__.split("\n")[0])
     parser.add_argument("--clients", type=int, help="streams per storm (3000; 300 with --quick)")
     parser.add_argument("--behind", type=int, default=100, help="events each client resumes behind (scenario behind)")
+    parser.add_argument("--fresh-backlog", type=int, default=10, help="events published before a fresh storm (10)")
     parser.add_argument("--in-flight", type=int, default=500, help="streams between connect and response head at once")
     parser.add_argument("--repeat", type=int, help="runs of each scenario per server; the table shows medians (3)")
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="behind, fresh and one")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="behind, fresh, one (and empty)")
     parser.add_argument("--servers", default="gateway1,nchan1")
     parser.add_argument(
         "--client-processes",
@@ -223,7 +232,7 @@ def _arguments() -> argparse.Namespace:
     args = parser.parse_args()
     if bad := [item for item in args.gateway_env if "=" not in item]:
         parser.error(f"--gateway-env takes KEY=VALUE, not {bad[0]}")
-    if unknown := set(args.scenarios.split(",")) - set(SCENARIOS):
+    if unknown := set(args.scenarios.split(",")) - {*SCENARIOS, "empty"}:
         parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
     args.clients = args.clients or (300 if args.quick else 3000)
     args.repeat = args.repeat or (1 if args.quick else 3)

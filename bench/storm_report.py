@@ -39,6 +39,7 @@ ROUGH = {  # figure: (the figure it comes from, under which it is rough): 20 clo
 }
 NO_RATIO = {"client_cpu_percent"}
 ROWS["one"] = tuple(row for row in ROWS["behind"] if row[1] != "server_us_per_event")
+ROWS["empty"] = ROWS["fresh"]
 
 
 def figures(

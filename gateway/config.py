@@ -79,6 +79,13 @@ class Settings:
     # A client whose unsent frames pass either bound is disconnected; it resumes with Last-Event-ID.
     client_buffer_events: int = setting(1024, "frames queued for one client before it is disconnected")
     client_buffer_bytes: int = setting(4 * 1024 * 1024, "bytes queued for one client before it is disconnected")
+    # How a live stream's frames reach its client (gateway.fanout.writer): the fastest way that works, unless one is
+    # chosen here to measure the others.
+    write_path: str = setting(
+        "direct",
+        "how live frames are written: direct (into uvicorn's transport), stepped (send run by hand), plain",
+        choices=("direct", "stepped", "plain"),
+    )
     send_timeout: float = setting(30.0, "seconds a client may accept no bytes before it is disconnected")
     shutdown_grace: float = setting(5.0, "seconds uvicorn waits for streams on shutdown before it cancels them")
     log_level: str = setting("info", "log level", choices=("debug", "info", "warning", "error", "critical"))

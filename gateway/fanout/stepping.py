@@ -15,6 +15,13 @@ from typing import Any
 Blocked = tuple[Generator[Any, None, None], Any]
 """A started ``send`` that had to wait: the rest of the coroutine, and what it was waiting on."""
 
+NOT_STARTED = object()  # what a Blocked "waits on" before its first step
+
+
+def unstarted(send: Awaitable[None]) -> Blocked:
+    """An awaitable not run at all yet, for ``finish`` to run from its start."""
+    return send.__await__(), NOT_STARTED
+
 
 def send_now(send: Awaitable[None]) -> Blocked | None:
     """Run an awaitable until it completes or must wait; None if it completed."""
@@ -27,11 +34,13 @@ def send_now(send: Awaitable[None]) -> Blocked | None:
 
 
 async def finish(blocked: Blocked) -> None:
-    """Drive a send that ``send_now`` started to its end, in the calling task."""
+    """Drive a send that ``send_now`` started (or ``unstarted`` holds) to its end, in the calling task."""
     steps, waiting_on = blocked
     while True:
         try:
-            if waiting_on is None:  # a bare yield: the coroutine just gave the loop a turn
+            if waiting_on is NOT_STARTED:
+                pass
+            elif waiting_on is None:  # a bare yield: the coroutine just gave the loop a turn
                 await asyncio.sleep(0)
             else:
                 await waiting_on

@@ -15,8 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from gateway.cursor import ZERO, StreamId, channel_set_tag, format_cursor, format_position, format_stream_id
 from gateway.events import Event
-from gateway.fanout.fastpath import ChunkWriter
-from gateway.fanout.stepping import Blocked, finish, send_now
+from gateway.fanout.writer import Pending, Writer
 from gateway.metrics import GAP_EVENTS, WRITES_WAITED
 from gateway.sse import encode_comment, encode_event
 
@@ -30,7 +29,7 @@ class Subscriber:
         "writer", "writing", "writer_cancelled", "write_started", "last_write",
         "_heartbeat", "_send_timeout", "_conflate", "_slots", "_tag", "_encoded", "_max_events", "_max_bytes",
         "_frames", "_count", "_size", "_held", "_held_size", "_waiter", "_close_waiters", "heartbeats",
-        "_send", "_chunks", "_schedule", "_due", "blocked",
+        "_writer", "_schedule", "_due", "blocked",
     )  # fmt: skip
 
     def __init__(
@@ -77,12 +76,11 @@ class Subscriber:
         self.writing = False
         self.writer_cancelled = False
         self.write_started = self.last_write = time.monotonic()
-        # Set once the stream is live: the server's send, and the flusher that calls it (see go_direct).
-        self._send: Callable[[dict[str, object]], object] | None = None
-        self._chunks: ChunkWriter | None = None  # a shorter way to the same socket (see gateway.fanout.fastpath)
+        # Set once the stream is live: how its bytes reach the client, and the flusher that writes them (go_direct).
+        self._writer: Writer | None = None
         self._schedule: Callable[[Subscriber], None] | None = None
         self._due = False  # in the flusher's queue
-        self.blocked: Blocked | None = None  # a write the flusher started that must wait for the client
+        self.blocked: Pending | None = None  # a write the flusher started that the client's own task must finish
 
     # -- called by the hub; never awaits ------------------------------------------------------------------------
 
@@ -194,31 +192,27 @@ class Subscriber:
         self.oldest_arrival = None
         return frames[0] if len(frames) == 1 else b"".join(frames)
 
-    def go_direct(self, send: Callable[[dict[str, object]], object], schedule: Callable[[Subscriber], None]) -> None:
+    def go_direct(self, writer: Writer, schedule: Callable[[Subscriber], None]) -> None:
         """Hand the writing of queued frames to the flusher: ``schedule`` queues this subscriber for it."""
-        self._send, self._schedule = send, schedule
-        self._chunks = ChunkWriter.for_send(send)
+        self._writer, self._schedule = writer, schedule
         if self._count:
             self._mark_due()
 
     def write_now(self, now: float) -> int:
         """Called by the flusher: write everything queued, without waiting. Returns how many events it carried."""
         self._due = False
-        if self.close_reason is not None or self.blocked is not None or not self._count or self._send is None:
+        if self.close_reason is not None or self.blocked is not None or not self._count or self._writer is None:
             return 0
         events = self._count - self.heartbeats
-        body = self.take()
-        if self._chunks is not None and self._chunks.write(body):
-            self.last_write = now
-            return events
-        blocked = send_now(self._send({"type": "http.response.body", "body": body, "more_body": True}))
-        if blocked is None:
+        pending = self._writer.write(self.take())
+        if pending is None:
             self.last_write = now
         else:
-            # The client's socket is full: its own task finishes this write, and the tick watches how long it takes.
-            self.blocked = blocked
+            # The client's own task finishes this write, and the tick watches how long it takes.
+            self.blocked = pending
             self.writing, self.write_started = True, now
-            WRITES_WAITED.inc()
+            if pending.socket_full:
+                WRITES_WAITED.inc()
             self._wake()
         return events
 
@@ -228,7 +222,7 @@ class Subscriber:
         if blocked is None:
             return
         try:
-            await finish(blocked)
+            await blocked.finish()
         finally:
             self.blocked = None
             self.writing, self.last_write = False, time.monotonic()
@@ -238,7 +232,7 @@ class Subscriber:
     def drop_blocked(self) -> None:
         """Abandon a write that had to wait, as the response ends without it (the client is being cut off)."""
         if self.blocked is not None:
-            self.blocked[0].close()
+            self.blocked.drop()
             self.blocked = None
 
     def wait(self) -> asyncio.Future[None]:

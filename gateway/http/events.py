@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from gateway.brokers.naming import validate_channel
 from gateway.cursor import channel_set, parse_cursor
 from gateway.errors import BadRequest
-from gateway.http.front import answer_errors, route_path
+from gateway.http.front import answer_error, route_path
 from gateway.http.stream import EventStream
 
 PATH = "/events"
@@ -37,12 +37,13 @@ class EventsFront:
         if scope["type"] == "http" and scope["method"] == "GET":
             path = route_path(scope)
             if path == PATH or path.startswith(PREFIX):
-                stream = None
-                async with answer_errors(scope, receive, send):
+                try:
                     stream = stream_for(self.state, scope, path[len(PREFIX) :] if path != PATH else None)
+                except Exception as error:  # noqa: BLE001 - answered: a JSON error, or a 500 that is logged
+                    await answer_error(error, scope, receive, send)
+                    return
                 # Outside the errors' handling: a stream's own failures end the stream, not in a JSON answer.
-                if stream is not None:
-                    await stream(scope, receive, send)
+                await stream(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 

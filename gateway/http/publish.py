@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from gateway.brokers.naming import validate_channel
 from gateway.errors import BadRequest, PayloadTooLarge, RedisUnavailable
 from gateway.http.batch import publish_batch
-from gateway.http.front import ClientLeft, answer_errors, route_path
+from gateway.http.front import ClientLeft, answer_error, route_path
 from gateway.metrics import PUBLISH_SECONDS, PUBLISHES
 from gateway.sse import event_type_problem
 
@@ -46,8 +46,10 @@ class PublishFront:
             if path != PREFIX[:-1] and not path.startswith(PREFIX):
                 await self.app(scope, receive, send)  # /publishers, say: not ours
                 return
-            async with answer_errors(scope, receive, send):
+            try:
                 await (self._publish_batch if path == PREFIX[:-1] else self._publish)(scope, receive, send)
+            except Exception as error:  # noqa: BLE001 - answered: a JSON error, or a 500 that is logged
+                await answer_error(error, scope, receive, send)
             return
         await self.app(scope, receive, send)
 

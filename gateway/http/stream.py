@@ -26,6 +26,7 @@ from gateway.fanout.hub import Hub
 from gateway.fanout.replay import known_start, replay, start_positions
 from gateway.fanout.stepping import Watch
 from gateway.fanout.subscriber import Subscriber
+from gateway.fanout.writer import writer_for
 from gateway.metrics import OPEN_STREAMS, REFUSED, REPLAYS, STREAMS_CLOSED
 from gateway.sse import encode_comment, encode_retry
 
@@ -176,7 +177,7 @@ class EventStream:
         if self.cursor is not None:
             REPLAYS.labels("miss" if subscriber.gaps_sent else "hit").inc()
         # Live: the flusher writes from here on; this task steps in only for a write that has to wait.
-        subscriber.go_direct(self._send, self.hub.flusher.schedule)
+        subscriber.go_direct(writer_for(self._send, self.settings.write_path), self.hub.flusher.schedule)
 
     async def _write(self, body: bytes, more: bool = True) -> None:
         # A write that never finishes (a client that reads nothing) is found by the hub's tick: see tick().

@@ -12,6 +12,7 @@ from gateway.events import Event
 from gateway.fanout import flusher
 from gateway.fanout.flusher import Flusher
 from gateway.fanout.subscriber import Subscriber
+from gateway.fanout.writer import SteppedWriter
 
 
 def ev(ms: int) -> Event:
@@ -38,7 +39,7 @@ def live_subscriber(client: Client, hub: Flusher, **bounds: int) -> Subscriber:
     subscriber = Subscriber(["a"], max_events=bounds.get("max_events", 100), max_bytes=10**6)
     subscriber.start_at({"a": (0, 0)})
     subscriber.go_live()
-    subscriber.go_direct(client.send, hub.schedule)
+    subscriber.go_direct(SteppedWriter(client.send), hub.schedule)
     return subscriber
 
 
@@ -86,7 +87,7 @@ async def test_a_failing_send_closes_only_its_own_stream() -> None:
 
     good_client = Client()
     bad = live_subscriber(Client(), hub)
-    bad.go_direct(broken, hub.schedule)
+    bad.go_direct(SteppedWriter(broken), hub.schedule)
     good = live_subscriber(good_client, hub)
     for subscriber in (bad, good):
         subscriber.offer(ev(1))

@@ -12,6 +12,7 @@ import pytest
 from gateway.cursor import channel_set, parse_cursor
 from gateway.events import Event
 from gateway.fanout.subscriber import Subscriber, gap_frame
+from gateway.fanout.writer import SteppedWriter
 from sse_gateway_client import ServerSentEvent, SSEParser
 
 
@@ -97,7 +98,7 @@ def test_close_keeps_the_first_reason() -> None:
 
 async def test_wait_sleeps_while_the_flusher_writes_and_wakes_for_a_blocked_write_or_close() -> None:
     subscriber = live(["a"])
-    subscriber.go_direct(_blocking_send, lambda s: None)
+    subscriber.go_direct(SteppedWriter(_blocking_send), lambda s: None)
     subscriber.offer(ev("a", 1))
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(subscriber.wait(), 0.01)
