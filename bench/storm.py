@@ -19,6 +19,7 @@ Scenarios (``--scenarios``), on a fresh channel each run:
   to start from, so each stream asks Redis for the channel's tail. The one scenario the ``floor`` server takes
   (bench/floor_app.py: Python's least cost of opening a stream under uvicorn).
 
+In the fresh storms the server's resident memory is read once every stream is open, for the memory of an idle stream.
 In every run one more stream, the holder, is subscribed to the channel from before the publishes to the end, on both
 servers: the gateway keeps a channel's recent events in memory only while the channel has a subscriber there, and
 the storm starts once the holder has had every event. The server's CPU (its process tree), Redis's CPU and its
@@ -40,7 +41,7 @@ from pathlib import Path
 
 from bench import report, storm_report
 from bench.child import Child
-from bench.measure import CpuMeter
+from bench.measure import CpuMeter, memory, process_tree
 from bench.poster import Poster
 from bench.servers import Redis, Server, start, stop_all
 
@@ -66,6 +67,7 @@ def storm_round(server: Server, redis: Redis, scenario: str, args: argparse.Name
             _expect(client, "ready", 30, "a client process")
         server_meter, redis_meter = CpuMeter(server.process.pid), CpuMeter(redis.process.pid)
         calls = redis.command_calls()
+        rss_before = memory(process_tree(server.process.pid)).rss_kib
         server_meter.start()
         redis_meter.start()
         for client in clients:
@@ -76,6 +78,8 @@ def storm_round(server: Server, redis: Redis, scenario: str, args: argparse.Name
         after = redis.command_calls()
         calls = {name: n - calls.get(name, 0) for name, n in after.items() if n != calls.get(name, 0)}
         closing = []
+        # Every stream of a fresh storm is open now, none has left: what each costs the server in memory.
+        rss_open = None if behind else memory(process_tree(server.process.pid)).rss_kib - rss_before
         if not behind:
             for client in clients:
                 client.send("close")
@@ -85,6 +89,7 @@ def storm_round(server: Server, redis: Redis, scenario: str, args: argparse.Name
             child.close()
     result = {"scenario": scenario, "server": server.name, "behind": behind}
     result.update(storm_report.figures(reports, closing, behind, server_cpu, redis_cpu, calls))
+    result["rss_kib_per_stream"] = rss_open / result["clients"] if rss_open is not None else None
     result["settled"] = settle(server, timeout=60)
     return result
 

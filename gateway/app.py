@@ -58,6 +58,7 @@ def create_app(
             broker or broker_for(settings),
             tick=min(1.0, settings.heartbeat / 2, settings.send_timeout / 2),
             recent=recent_limits(settings),
+            shared_replay_bytes=settings.shared_replay_bytes,
         )
         try:
             await hub.start()

@@ -63,6 +63,9 @@ class Settings:
     recent_bytes: int = setting(1024 * 1024, "bytes of recent events kept in memory per channel")
     recent_total_events: int = setting(200_000, "recent events kept in memory in all, every channel together")
     recent_total_bytes: int = setting(64 * 1024 * 1024, "bytes of recent events kept in memory in all")
+    shared_replay_bytes: bool = setting(
+        True, "a span of replayed events is joined once for every stream that sends it (off only to measure it)"
+    )
     heartbeat: float = setting(15.0, "seconds of quiet before a keepalive comment")
     retry_ms: int = setting(3000, "the retry: hint, in milliseconds, sent at the start of each stream")
     max_channels: int = setting(16, "channels per connection")

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from gateway.brokers.protocol import BACKLOG_PAGE, Broker
 from gateway.cursor import StreamId
 from gateway.events import Event
+from gateway.fanout.joined import JoinedSpans
 from gateway.fanout.recent import RecentEvents
 from gateway.metrics import BACKLOG_READS
 
@@ -31,9 +32,11 @@ class _Read:
 
 
 class Backlog:
-    def __init__(self, broker: Broker, recent: RecentEvents) -> None:
+    def __init__(self, broker: Broker, recent: RecentEvents, *, shared_bytes: bool = True) -> None:
         self.broker = broker
         self.recent = recent
+        # The joined frames of spans being replayed, shared by the streams that send them; None: each joins its own.
+        self.joined = JoinedSpans() if shared_bytes else None
         self._reads: dict[tuple[str, StreamId], _Read] = {}
         self._reading: dict[str, int] = {}  # channel -> reads in flight: the hub's test on each live event
 

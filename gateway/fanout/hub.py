@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable
 
 from gateway.brokers.protocol import Broker
 from gateway.cursor import StreamId
@@ -33,10 +34,12 @@ NO_RING = Limits(events=0, bytes=0, total_events=0, total_bytes=0, max_age_ms=0,
 
 
 class Hub:
-    def __init__(self, broker: Broker, *, tick: float = 1.0, recent: Limits = NO_RING) -> None:
+    def __init__(
+        self, broker: Broker, *, tick: float = 1.0, recent: Limits = NO_RING, shared_replay_bytes: bool = True
+    ) -> None:
         self.broker = broker
         self.recent = RecentEvents(recent)
-        self.backlog = Backlog(broker, self.recent)
+        self.backlog = Backlog(broker, self.recent, shared_bytes=shared_replay_bytes)
         self._tick_interval = tick
         self._ticker: asyncio.Task[None] | None = None
         self._subscribers: dict[str, set[Subscriber]] = {}
@@ -79,10 +82,12 @@ class Hub:
         if self.draining:
             subscriber.close("shutdown")
 
-    async def attach(self, subscriber: Subscriber) -> None:
-        """Start delivering the subscriber's channels to it; returns once Redis confirmed every subscription.
+    def attach(self, subscriber: Subscriber) -> Awaitable[None] | None:
+        """Start delivering the subscriber's channels to it. None if Redis has confirmed every subscription already;
+        else the wait for that, to be awaited before its backlog is read.
 
-        Returns early if the subscriber is closed meanwhile; raises RedisUnavailable if Redis does not confirm.
+        The wait returns early if the subscriber is closed meanwhile, and raises RedisUnavailable if Redis does not
+        confirm.
         """
         confirmations = []
         for channel in subscriber.channels:
@@ -95,9 +100,11 @@ class Hub:
                 # A subscription starting afresh (its channel was dropped at a reconnect, say) has heard nothing yet,
                 # and will not catch up what came before it: the ring cannot vouch for its past.
                 self.recent.restart(channel)
-        pending = [asyncio.ensure_future(c.wait()) for c in confirmations if not c.is_set()]
-        if not pending:
-            return
+        unconfirmed = [c for c in confirmations if not c.is_set()]
+        return self._confirmed(subscriber, unconfirmed) if unconfirmed else None
+
+    async def _confirmed(self, subscriber: Subscriber, confirmations: list[asyncio.Event]) -> None:
+        pending = [asyncio.ensure_future(c.wait()) for c in confirmations]
         closed = asyncio.ensure_future(subscriber.until_closed())
         try:
             # return_exceptions: when the client leaves first, the cancelled waits are the gather's result, not an

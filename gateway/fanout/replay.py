@@ -80,7 +80,7 @@ async def replay(backlog: Backlog, subscriber: Subscriber, send: Callable[[bytes
         recent = backlog.in_memory(channel, position)
         if recent is not None:
             FROM_MEMORY.inc()
-            subscriber.accept(recent)  # written with the next page, or at the end: as few writes as can be
+            _accept(backlog, subscriber, channel, recent)  # written with the next page, or at the end
             continue
         FROM_REDIS.inc()
         pages = 0
@@ -88,7 +88,7 @@ async def replay(backlog: Backlog, subscriber: Subscriber, send: Callable[[bytes
             pages += 1
             # Checked on every page: the buffer may be trimmed past a page's end while it is being sent.
             _offer_gap_if_trimmed(subscriber, channel, page[0])
-            subscriber.accept(page)
+            _accept(backlog, subscriber, channel, page)
             if subscriber.close_reason is not None:
                 return
             await send(subscriber.take())
@@ -122,6 +122,14 @@ async def catch_up(
                 record(event)
             for listener in listeners:
                 listener.offer(event)
+
+
+def _accept(backlog: Backlog, subscriber: Subscriber, channel: str, events: list[Event]) -> None:
+    """Queue backlog events for the subscriber: as one span joined for every stream that sends the same, if it can."""
+    if events and backlog.joined is not None and subscriber.sends_frames_as_they_are:
+        subscriber.accept_span(events, backlog.joined.join(channel, events))
+    else:
+        subscriber.accept(events)
 
 
 def _offer_gap_if_trimmed(subscriber: Subscriber, channel: str, first: Event) -> None:

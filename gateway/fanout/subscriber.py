@@ -168,6 +168,24 @@ class Subscriber:
             self._queue(event, bounded=False)
         self.oldest_arrival = None  # read from the buffer, not live: no fan-out lag to speak of
 
+    @property
+    def sends_frames_as_they_are(self) -> bool:
+        """One channel and no conflation: its backlog goes out as the events' own frames, in order (see accept_span)."""
+        return not self.multi and not self._conflate
+
+    def accept_span(self, events: list[Event], joined: bytes) -> None:
+        """Queue backlog events, all after the cursor, whose frames are already joined (gateway.fanout.joined)."""
+        last = events[-1].stream_id
+        assert last is not None and self.sends_frames_as_they_are
+        self.positions[self.channels[0]] = last
+        self._push(joined, bounded=False, frames=len(events))
+        self.oldest_arrival = None
+
+    def queue_opening(self, opening: bytes) -> bool:
+        """Queue the stream's first bytes, to go out with its backlog; False if the subscriber is closed."""
+        self._push(opening, bounded=False)
+        return self.close_reason is None
+
     def go_live(self) -> None:
         """End the replay: queue the live events held meanwhile, dropping those the backlog already covered."""
         held, self._held, self._held_size = self._held or [], None, 0
@@ -299,12 +317,13 @@ class Subscriber:
             self._frames = [frame for _, frame in kept]
             self._slots = {name: where[i] for name, i in self._slots.items()}
 
-    def _push(self, frame: bytes, bounded: bool = True) -> None:
-        """Queue a frame. Backlog pages are written before the next is read, so only live frames are bounded."""
+    def _push(self, frame: bytes, bounded: bool = True, frames: int = 1) -> None:
+        """Queue a frame (or ``frames`` joined). Backlog pages are written before the next is read, so only live
+        frames are bounded."""
         if self.close_reason is not None:
             return
         self._frames.append(frame)
-        self._count += 1
+        self._count += frames
         self._size += len(frame)
         if bounded and (self._count > self._max_events or self._size > self._max_bytes):
             self.close("overflow")

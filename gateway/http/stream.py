@@ -111,9 +111,11 @@ class EventStream:
             watch = _DisconnectWatch(receive, subscriber)
             subscriber.writer = asyncio.current_task()
             try:
-                await self._write(self._opening)
-                if subscriber.close_reason is None:
+                # The opening lines go out with the backlog, in one write, unless Redis must be waited on first.
+                if subscriber.queue_opening(self._opening):
                     await self._replay()
+                else:
+                    await self._write(self._opening)
                 while subscriber.close_reason is None:
                     await subscriber.wait()
                     await subscriber.finish_write()
@@ -170,7 +172,10 @@ class EventStream:
 
     async def _replay(self) -> None:
         subscriber = self._subscriber
-        await self.hub.attach(subscriber)  # step 1 of the replay (see gateway.fanout.replay)
+        waiting = self.hub.attach(subscriber)  # step 1 of the replay (see gateway.fanout.replay)
+        if waiting is not None:
+            await self._write(subscriber.take())  # the opening lines now, while Redis confirms the subscription
+            await waiting
         if subscriber.close_reason is not None:
             return  # it left while Redis was being waited on: no backlog to read for it
         await replay(self.hub.backlog, subscriber, self._write)

@@ -79,7 +79,8 @@ class Reader:
             self.hub.backlog, (self.channel,), None if cursor is None else {self.channel: cursor}
         )
         self.subscriber.start_at(positions)
-        await self.hub.attach(self.subscriber)
+        if (waiting := self.hub.attach(self.subscriber)) is not None:
+            await waiting
         await replay(self.hub.backlog, self.subscriber, self._sent)
         return self
 
@@ -359,5 +360,54 @@ async def test_a_read_overtaken_by_a_live_event_is_not_shared_with_a_later_strea
         third = [Reader(hub, "a") for _ in range(3)]
         await asyncio.gather(*(reader.resume(at(ids[0])) for reader in third))
         assert reads(redis) - before == 3  # nothing overtook this one: the three shared it
+    finally:
+        await hub.stop()
+
+
+class BodyReader(Reader):
+    """A Reader that keeps the bodies it was sent, to see which are the same object."""
+
+    def __init__(self, hub: Hub, channel: str, subscriber: Subscriber | None = None) -> None:
+        super().__init__(hub, channel)
+        if subscriber is not None:
+            self.subscriber = subscriber
+        self.bodies: list[bytes] = []
+
+    async def _sent(self, body: bytes) -> None:
+        self.bodies.append(body)
+        await super()._sent(body)
+
+
+@pytest.mark.parametrize("source", ["ring", "redis"])
+async def test_streams_replaying_one_span_share_its_joined_bytes_and_others_still_get_exactly_theirs(
+    broker: SingleNodeBroker, source: str
+) -> None:
+    hub = await started_hub(broker, RINGS if source == "ring" else NO_RING)
+    try:
+        await Reader(hub, "a").resume(ZERO)
+        ids = await publish(broker, "a", 40)
+        if source == "ring":
+            await ring_reached(hub, "a", ids[-1])
+        plain = [BodyReader(hub, "a") for _ in range(20)]
+        # Streams whose frames differ from the events' own: several channels, or conflation.
+        multi = BodyReader(hub, "a", Subscriber(["a", "b"], max_events=10_000, max_bytes=10**8))
+        conflated = BodyReader(hub, "a", Subscriber(["a"], max_events=10_000, max_bytes=10**8, conflate=["a"]))
+        multi.subscriber.start_at({"a": at(ids[9]), "b": ZERO})
+        await asyncio.gather(*(reader.resume(at(ids[9])) for reader in plain))
+        for reader in (multi, conflated):
+            if reader is conflated:
+                reader.subscriber.start_at({"a": at(ids[9])})
+            if (waiting := hub.attach(reader.subscriber)) is not None:
+                await waiting
+            await replay(hub.backlog, reader.subscriber, reader._sent)
+        first = plain[0].bodies[0]
+        assert all(reader.bodies[0] is first for reader in plain), "each stream joined the span for itself"
+        assert len(hub.backlog.joined) == 1
+        for reader in plain:
+            assert reader.ids == ids[10:]
+        # A multi-channel stream's events are named by channel and carry a cursor of both: its own frames.
+        sent = [event for body in multi.bodies for event in SSEParser().feed(body)]
+        assert [(event.event, event.data) for event in sent] == [("a", f"m{n}") for n in range(10, 40)]
+        assert conflated.ids == [ids[-1]]  # conflated: only the newest of the backlog, as before
     finally:
         await hub.stop()

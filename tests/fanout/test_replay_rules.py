@@ -95,7 +95,8 @@ async def publish(broker: Broker, channel: str, count: int) -> list[StreamId]:
 
 async def attach_and_replay(hub: Hub, subscriber: Subscriber, send) -> None:
     """What a stream does: attach (step 1), then the backlog and going live (steps 2 and 3)."""
-    await hub.attach(subscriber)
+    if (waiting := hub.attach(subscriber)) is not None:
+        await waiting
     await replay(hub.backlog, subscriber, send)
 
 
