@@ -1,17 +1,20 @@
 """Where a resuming stream's backlog comes from: the ring of recent events when it can vouch for the whole of it, and
-otherwise Redis, each page read once for all the streams that ask for it at the same moment.
+otherwise Redis, each page read once for all the streams that ask for it at the same moment. A fresh stream's start
+(the channel's newest id, when the ring has none) is read the same way.
 
 A stream may share a page read that another stream started before it attached, but only if no live event of the
 channel reached the hub since that read was sent: an event not in the page was then published after Redis ran the
 read, so it reaches the late stream live (it was attached by then), and nothing falls between the two. A read that
 an event (or a catch-up) overtook serves only the streams already waiting on it; a stream that comes later reads
-for itself.
+for itself. For a fresh stream's start the same rule holds: a shared answer is then as new as a read of its own
+would have been, since no event of the channel came in between.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 from gateway.brokers.protocol import BACKLOG_PAGE, Broker
 from gateway.cursor import StreamId
@@ -26,7 +29,7 @@ READ, SHARED = BACKLOG_READS.labels("read"), BACKLOG_READS.labels("shared")
 class _Read:
     __slots__ = ("task", "overtaken")
 
-    def __init__(self, task: asyncio.Future[list[Event]]) -> None:
+    def __init__(self, task: asyncio.Future[Any]) -> None:
         self.task = task
         self.overtaken = False  # a live event of the channel reached the hub after this read was sent
 
@@ -37,7 +40,7 @@ class Backlog:
         self.recent = recent
         # The joined frames of spans being replayed, shared by the streams that send them; None: each joins its own.
         self.joined = JoinedSpans() if shared_bytes else None
-        self._reads: dict[tuple[str, StreamId], _Read] = {}
+        self._reads: dict[tuple[str, StreamId | None], _Read] = {}  # (channel, after); after None: the tail
         self._reading: dict[str, int] = {}  # channel -> reads in flight: the hub's test on each live event
 
     def in_memory(self, channel: str, cursor: StreamId) -> list[Event] | None:
@@ -57,6 +60,10 @@ class Backlog:
             assert last is not None
             after = last
 
+    async def tail(self, channel: str) -> StreamId:
+        """The channel's newest buffered id (0-0 if none), read once for the fresh streams that ask at one moment."""
+        return await self._shared(channel, None)
+
     async def buffered(self, channel: str) -> bool:
         return await self.broker.buffered(channel)
 
@@ -72,6 +79,9 @@ class Backlog:
         return bool(self._reading)
 
     async def _page(self, channel: str, after: StreamId) -> list[Event]:
+        return await self._shared(channel, after)
+
+    async def _shared(self, channel: str, after: StreamId | None) -> Any:
         key = (channel, after)
         read = self._reads.get(key)
         if read is None or read.overtaken:
@@ -84,14 +94,16 @@ class Backlog:
         # Shielded: a stream that leaves must not cancel the read of those still waiting on it.
         return await asyncio.shield(read.task)
 
-    async def _read(self, channel: str, after: StreamId) -> list[Event]:
+    async def _read(self, channel: str, after: StreamId | None) -> Any:
+        if after is None:
+            return await self.broker.tail(channel)
         pages = self.broker.backlog(channel, after)
         try:
             return await anext(pages, [])
         finally:
             await pages.aclose()  # type: ignore[attr-defined]
 
-    def _done(self, key: tuple[str, StreamId], read: _Read) -> None:
+    def _done(self, key: tuple[str, StreamId | None], read: _Read) -> None:
         if self._reads.get(key) is read:
             del self._reads[key]
         channel = key[0]

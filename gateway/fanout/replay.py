@@ -69,7 +69,7 @@ async def start_positions(
     positions = {}
     for channel in channels:
         newest = backlog.recent.newest(channel)
-        positions[channel] = newest if newest is not None else await backlog.broker.tail(channel)
+        positions[channel] = newest if newest is not None else await backlog.tail(channel)
     return positions
 
 

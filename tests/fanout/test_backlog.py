@@ -411,3 +411,44 @@ async def test_streams_replaying_one_span_share_its_joined_bytes_and_others_stil
         assert conflated.ids == [ids[-1]]  # conflated: only the newest of the backlog, as before
     finally:
         await hub.stop()
+
+
+def calls(redis: RedisProcess, command: str) -> int:
+    return redis.client().info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0)
+
+
+async def test_fresh_streams_starting_at_once_share_one_read_of_the_tail(
+    broker: SingleNodeBroker, redis: RedisProcess
+) -> None:
+    hub = await started_hub(broker, NO_RING)  # no ring: every fresh start asks Redis for the channel's newest id
+    try:
+        await Reader(hub, "a").resume(ZERO)
+        await publish(broker, "a", 5)
+        before = calls(redis, "xrevrange")
+        readers = await asyncio.gather(*(Reader(hub, "a").resume(None) for _ in range(30)))
+        assert calls(redis, "xrevrange") - before == 1
+        more = await publish(broker, "a", 3)
+        for reader in readers:
+            assert await reader.until(more[-1]) == more  # from the newest id on: nothing older, nothing missed
+    finally:
+        await hub.stop()
+
+
+async def test_a_tail_read_overtaken_by_a_live_event_is_not_shared_with_a_later_fresh_stream(
+    broker: SingleNodeBroker, redis: RedisProcess
+) -> None:
+    hub = await started_hub(broker, NO_RING)
+    try:
+        await Reader(hub, "a").resume(ZERO)
+        ids = await publish(broker, "a", 2)
+        before = calls(redis, "xrevrange")
+        first = asyncio.create_task(Reader(hub, "a").resume(None))
+        async with asyncio.timeout(5):
+            while not hub.backlog.reading:  # its read of the tail is on its way to Redis
+                await asyncio.sleep(0)
+        hub.deliver(Event("a", (at(ids[-1])[0] + 1, 0), None, "overtaking", at(ids[-1])))
+        second = asyncio.create_task(Reader(hub, "a").resume(None))
+        await asyncio.gather(first, second)
+        assert calls(redis, "xrevrange") - before == 2
+    finally:
+        await hub.stop()
