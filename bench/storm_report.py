@@ -27,7 +27,7 @@ ROWS = {  # scenario kind: (label, figure, format)
         ("open p99, ms", "p99_ms", "{:.0f}"),
         ("server CPU µs/new stream", "server_us_per_stream", "{:.0f}"),
         ("Redis commands/new stream", "redis_calls_per_stream", "{:.2f}"),
-        ("server RSS KiB/open stream", "rss_kib_per_stream", "{:.1f}"),
+        ("server RSS KiB/open stream, 1st run", "rss_kib_per_stream", "{:.1f}"),
         ("Redis CPU µs/stream", "redis_us_per_stream", "{:.1f}"),
         ("client CPU %, busiest process", "client_cpu_percent", "{:.0f}"),
     ),
