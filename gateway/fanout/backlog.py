@@ -6,8 +6,10 @@ A stream may share a page read that another stream started before it attached, b
 channel reached the hub since that read was sent: an event not in the page was then published after Redis ran the
 read, so it reaches the late stream live (it was attached by then), and nothing falls between the two. A read that
 an event (or a catch-up) overtook serves only the streams already waiting on it; a stream that comes later reads
-for itself. For a fresh stream's start the same rule holds: a shared answer is then as new as a read of its own
-would have been, since no event of the channel came in between.
+for itself. A fresh stream's start is shared by the same rule. While the hub hears the channel, a shared answer is
+as new as a read of one's own would have been; when nobody here listens to it yet, a stream may start from a tail a
+moment older than its connect, and then gets the few events after it from the buffer: late, but none lost and none
+twice.
 """
 
 from __future__ import annotations

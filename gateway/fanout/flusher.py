@@ -3,7 +3,8 @@
 Waking each client's task for each message costs more than the write itself. So once a stream is live, the fan-out
 only queues frames and marks the subscriber due; the flusher then calls the server's ``send`` for each due
 subscriber and runs it as far as it goes without waiting, which for a socket that is not pushing back is all the
-way. Only a ``send`` that must wait (the client's socket is full) is handed to the client's own task to finish.
+way. Only a ``send`` that must wait (the client's socket is full) is handed to the client's own task to finish (and,
+with the plain write path, every write: see gateway.fanout.writer).
 
 A turn writes to at most ``SLICE`` subscribers and leaves the rest for the next turn, so that Redis and HTTP
 traffic are read in between; events that arrive meanwhile join the frames of the subscribers still due, and go out

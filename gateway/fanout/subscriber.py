@@ -181,11 +181,6 @@ class Subscriber:
         self._push(joined, bounded=False, frames=len(events))
         self.oldest_arrival = None
 
-    def queue_opening(self, opening: bytes) -> bool:
-        """Queue the stream's first bytes, to go out with its backlog; False if the subscriber is closed."""
-        self._push(opening, bounded=False)
-        return self.close_reason is None
-
     def go_live(self) -> None:
         """End the replay: queue the live events held meanwhile, dropping those the backlog already covered."""
         held, self._held, self._held_size = self._held or [], None, 0
@@ -228,8 +223,8 @@ class Subscriber:
         else:
             # The client's own task finishes this write, and the tick watches how long it takes.
             self.blocked = pending
-            self.writing, self.write_started = True, now
-            if pending.socket_full:
+            if pending.socket_full:  # a plain write is not under way until the client's task starts it
+                self.writing, self.write_started = True, now
                 WRITES_WAITED.inc()
             self._wake()
         return events
@@ -239,6 +234,8 @@ class Subscriber:
         blocked = self.blocked
         if blocked is None:
             return
+        if not self.writing:
+            self.writing, self.write_started = True, time.monotonic()
         try:
             await blocked.finish()
         finally:

@@ -147,8 +147,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = False
         limit = self._limits.max_head_bytes
         # Measured here only when the reads it came in could hold too much: a head that began in this read is at most
-        # the read's size (its count was reset at its start). Measuring every head cost a twentieth of a stream's
-        # start in a reconnect storm (bench.storm, fresh).
+        # the read's size (its count was reset at its start); one spread over several reads is counted as
+        # data_received counts it, so it may pass the limit by what its first read left unparsed, within one read.
+        # Measuring every head cost a twentieth of a stream's start in a reconnect storm (bench.storm, fresh).
         if limit and self._head_bytes + self._read_size > limit and self._head_size() > limit:
             self._refuse_head()  # the app is never run for it
             return

@@ -1,7 +1,8 @@
 """The SSE response: a plain ASGI callable that streams one subscriber's frames to one HTTP client.
 
-It fixes the client's starting position, flushes the headers at once with a comment, a ``retry:`` hint and that
-position as an ``id:``, and replays the backlog. Then the stream is live: the hub's flusher writes what the
+It fixes the client's starting position, sends the headers at once, and then a comment, a ``retry:`` hint and that
+position as an ``id:``: in the same write as the backlog, or alone first if Redis must confirm the subscription
+before the backlog can be read. Then the stream is live: the hub's flusher writes what the
 subscriber queues (events, and a heartbeat comment whenever the stream has been quiet), and the stream's own task
 only finishes a write that had to wait, and writes the last words when the subscriber is closed.
 """
@@ -111,14 +112,12 @@ class EventStream:
             watch = _DisconnectWatch(receive, subscriber)
             subscriber.writer = asyncio.current_task()
             try:
-                # The opening lines go out with the backlog, in one write, unless Redis must be waited on first.
-                if subscriber.queue_opening(self._opening):
+                if subscriber.close_reason is None:
                     await self._replay()
-                else:
-                    await self._write(self._opening)
                 while subscriber.close_reason is None:
                     await subscriber.wait()
                     await subscriber.finish_write()
+                await subscriber.finish_write()  # one the flusher handed over just before the close
                 if subscriber.close_reason == "shutdown":
                     # Spread the reconnects of many clients over a window rather than one instant.
                     await self._write(encode_retry(self.settings.retry_ms + random.randint(0, self.settings.retry_ms)))
@@ -174,18 +173,28 @@ class EventStream:
         subscriber = self._subscriber
         waiting = self.hub.attach(subscriber)  # step 1 of the replay (see gateway.fanout.replay)
         if waiting is not None:
-            await self._write(subscriber.take())  # the opening lines now, while Redis confirms the subscription
+            try:
+                await self._write(b"")  # the opening lines now, while Redis confirms the subscription
+            except BaseException:
+                waiting.close()  # never to be awaited: closed, so that it is not reported as forgotten
+                raise
             await waiting
         if subscriber.close_reason is not None:
             return  # it left while Redis was being waited on: no backlog to read for it
         await replay(self.hub.backlog, subscriber, self._write)
         if self.cursor is not None:
             REPLAYS.labels("miss" if subscriber.gaps_sent else "hit").inc()
+        if self._opening:
+            await self._write(b"")  # no backlog to carry the opening lines: they go alone, before anything live
         # Live: the flusher writes from here on; this task steps in only for a write that has to wait.
         subscriber.go_direct(writer_for(self._send, self.settings.write_path), self.hub.flusher.schedule)
 
     async def _write(self, body: bytes, more: bool = True) -> None:
+        """Write from the stream's own task; the opening lines, until they are sent, go first in the same write (with
+        the backlog, so a resume takes one write; or with the last words, if the stream ends before any)."""
         # A write that never finishes (a client that reads nothing) is found by the hub's tick: see tick().
+        if self._opening:
+            body, self._opening = self._opening + body, b""
         subscriber = self._subscriber
         subscriber.writing, subscriber.write_started = True, time.monotonic()
         try:

@@ -12,7 +12,7 @@ import pytest
 from gateway.cursor import channel_set, parse_cursor
 from gateway.events import Event
 from gateway.fanout.subscriber import Subscriber, gap_frame
-from gateway.fanout.writer import SteppedWriter
+from gateway.fanout.writer import PlainWriter, SteppedWriter
 from sse_gateway_client import ServerSentEvent, SSEParser
 
 
@@ -108,6 +108,24 @@ async def test_wait_sleeps_while_the_flusher_writes_and_wakes_for_a_blocked_writ
     subscriber.drop_blocked()
     subscriber.close("shutdown")
     await asyncio.wait_for(subscriber.wait(), 5)
+
+
+async def test_a_plain_write_handed_to_the_task_is_not_taken_for_a_stalled_one_and_outlives_a_close() -> None:
+    written: list[bytes] = []
+
+    async def send(message: dict) -> None:
+        written.append(message["body"])
+
+    subscriber = live(["a"])
+    subscriber.writer = asyncio.current_task()
+    subscriber.go_direct(PlainWriter(send), lambda s: None)
+    subscriber.offer(ev("a", 1))
+    subscriber.write_now(time.monotonic())
+    assert subscriber.blocked is not None and not subscriber.writing  # not under way until the task starts it
+    subscriber.close("shutdown")  # a drain, between the flusher's hand-over and the task's turn
+    assert not subscriber.writer_cancelled
+    await subscriber.finish_write()
+    assert written == [ev("a", 1).frame]
 
 
 async def _blocking_send(message: dict) -> None:

@@ -263,3 +263,25 @@ async def test_redis_killed_during_a_long_replay_ends_the_stream_cleanly_and_the
         assert "stream failed" not in gateway.log()
     finally:
         gateway.stop()
+
+
+@pytest.mark.timeout(60)
+async def test_a_resume_whose_backlog_read_fails_still_sends_its_opening_lines_before_it_ends(own_redis, channel):
+    # No ring: the resume must read Redis. Paused, Redis still looks subscribed, so the stream goes straight to its
+    # backlog read, which times out: its opening lines were never written on their own, and must go with its end.
+    gateway = GatewayProcess(own_redis.url, env={"SSE_GATEWAY_RECENT_EVENTS": "0"}).start()
+    try:
+        async with open_stream(f"{gateway.url}/events/{channel}") as holder:
+            await holder.read_raw_until(b"retry:")
+            ids = [await publish(gateway.url, channel, f"m{n}") for n in range(3)]
+            own_redis.pause()
+            try:
+                async with open_stream(f"{gateway.url}/events/{channel}", last_event_id=ids[0]) as stream:
+                    assert await stream.ended(timeout=30), "the gateway ended the stream"
+            finally:
+                own_redis.resume()
+        assert stream.response.status_code == 200
+        assert stream.raw == f": connected\nretry: 200\nid: {ids[0]}\n\n".encode(), stream.raw
+        assert "reason=redis_unavailable" in gateway.log()
+    finally:
+        gateway.stop()
