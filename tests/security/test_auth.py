@@ -235,3 +235,44 @@ def test_minted_tokens_carry_the_grant_the_gateway_reads(tmp_path: Path):
     )
     with pytest.raises(ValueError):
         mint(subscribe=["a"])
+
+
+def test_a_token_is_verified_once_and_its_kept_grant_still_ends_at_its_expiry(monkeypatch):
+    decoded: list[str] = []
+    decode = jwt.decode
+
+    def counting_decode(token: str, *args: object, **kwargs: object) -> dict:
+        decoded.append(token)
+        return decode(token, *args, **kwargs)
+
+    monkeypatch.setattr(jwt, "decode", counting_decode)  # observed, not replaced: the real check still runs
+    auth = authenticator()
+    exp = int(time.time()) + 2
+    short = token(["a"], exp=exp)
+    for _ in range(3):
+        assert auth.for_subscribe(request(bearer=short), ["a"]).expires_at == float(exp)
+    assert decoded == [short]
+    with pytest.raises(Forbidden):  # the kept grant is the token's: still only its channels
+        auth.for_subscribe(request(bearer=short), ["b"])
+    deadline = time.monotonic() + 10
+    while time.time() < exp and time.monotonic() < deadline:  # the token's own clock, not a sleep for its own sake
+        time.sleep(0.05)
+    with pytest.raises(Unauthorized, match="expired"):
+        auth.for_subscribe(request(bearer=short), ["a"])
+
+
+def test_a_refused_token_is_checked_again_each_time(monkeypatch):
+    decoded: list[str] = []
+    decode = jwt.decode
+
+    def counting_decode(token: str, *args: object, **kwargs: object) -> dict:
+        decoded.append(token)
+        return decode(token, *args, **kwargs)
+
+    monkeypatch.setattr(jwt, "decode", counting_decode)
+    auth = authenticator()
+    early = token(["a"], nbf=int(time.time()) + 600)
+    for _ in range(2):
+        with pytest.raises(Unauthorized):
+            auth.for_subscribe(request(bearer=early), ["a"])
+    assert decoded == [early, early]
