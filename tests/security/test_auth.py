@@ -237,15 +237,21 @@ def test_minted_tokens_carry_the_grant_the_gateway_reads(tmp_path: Path):
         mint(subscribe=["a"])
 
 
-def test_a_token_is_verified_once_and_its_kept_grant_still_ends_at_its_expiry(monkeypatch):
-    decoded: list[str] = []
+@pytest.fixture
+def decoded(monkeypatch) -> list[str]:
+    """The tokens pyjwt is asked to verify, in order: observed, not replaced (the real check still runs)."""
+    seen: list[str] = []
     decode = jwt.decode
 
     def counting_decode(token: str, *args: object, **kwargs: object) -> dict:
-        decoded.append(token)
+        seen.append(token)
         return decode(token, *args, **kwargs)
 
-    monkeypatch.setattr(jwt, "decode", counting_decode)  # observed, not replaced: the real check still runs
+    monkeypatch.setattr(jwt, "decode", counting_decode)
+    return seen
+
+
+def test_a_token_is_verified_once_and_its_kept_grant_still_ends_at_its_expiry(decoded):
     auth = authenticator()
     exp = int(time.time()) + 2
     short = token(["a"], exp=exp)
@@ -261,15 +267,7 @@ def test_a_token_is_verified_once_and_its_kept_grant_still_ends_at_its_expiry(mo
         auth.for_subscribe(request(bearer=short), ["a"])
 
 
-def test_a_refused_token_is_checked_again_each_time(monkeypatch):
-    decoded: list[str] = []
-    decode = jwt.decode
-
-    def counting_decode(token: str, *args: object, **kwargs: object) -> dict:
-        decoded.append(token)
-        return decode(token, *args, **kwargs)
-
-    monkeypatch.setattr(jwt, "decode", counting_decode)
+def test_a_refused_token_is_checked_again_each_time(decoded):
     auth = authenticator()
     early = token(["a"], nbf=int(time.time()) + 600)
     for _ in range(2):
