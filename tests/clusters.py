@@ -7,6 +7,7 @@ failovers take seconds, and diskless replication with no delay. Every process is
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import signal
 import subprocess
@@ -245,8 +246,20 @@ def kill_primary(cluster: RedisClusterProcesses, primary: ClusterNode) -> None:
 
 
 def manual_failover(cluster: RedisClusterProcesses, primary: ClusterNode) -> None:
-    # CLUSTER FAILOVER on a replica: it takes over in step with its primary, which turns replica.
-    replica_of(cluster, primary).client().execute_command("CLUSTER", "FAILOVER")
+    # CLUSTER FAILOVER on a replica: it takes over in step with its primary, which turns replica. Redis gives that
+    # handshake and the election a few seconds and then drops it without a word ("Manual failover timed out" in the
+    # replica's log); a machine busy with the gateway, the publisher and nine nodes can miss them, so it is asked
+    # again, as an operator would, until the replica is a primary.
+    replica = replica_of(cluster, primary)
+    for _ in range(4):
+        with contextlib.suppress(redis.ResponseError):  # one still in progress: wait for it
+            replica.client().execute_command("CLUSTER", "FAILOVER")
+        try:
+            wait_until(lambda: replica.client().info("replication")["role"] == "master", what="the replica", timeout=10)
+            return
+        except TimeoutError:
+            continue
+    raise AssertionError(f"{replica.address} did not take over from {primary.address} after four CLUSTER FAILOVERs")
 
 
 def pause_past_the_node_timeout(cluster: RedisClusterProcesses, primary: ClusterNode) -> None:

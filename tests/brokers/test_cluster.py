@@ -159,7 +159,13 @@ async def test_a_primary_lost_under_publishing_is_followed_to_its_promoted_repli
     cluster = RedisClusterProcesses(kind, replicas=2).start()
     channel = "failover-" + uuid.uuid4().hex[:8]
     key = f"sse:{{{channel}}}"
-    env = {"SSE_GATEWAY_PUBLISH_REPLICAS": str(publish_replicas), "SSE_GATEWAY_PUBLISH_REPLICAS_TIMEOUT": "2"}
+    # No length limit on the buffer: a slow failover lets the publisher write more than the default 1000 entries, and
+    # the trimmed ones would look lost.
+    env = {
+        "SSE_GATEWAY_PUBLISH_REPLICAS": str(publish_replicas),
+        "SSE_GATEWAY_PUBLISH_REPLICAS_TIMEOUT": "2",
+        "SSE_GATEWAY_BUFFER_MAXLEN": "0",
+    }
     try:
         gateway = GatewayProcess(cluster.url, env=env).start()
         gateways_on.append(gateway)
