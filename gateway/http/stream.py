@@ -1,10 +1,11 @@
 """The SSE response: a plain ASGI callable that streams one subscriber's frames to one HTTP client.
 
 It fixes the client's starting position, sends the headers at once, and then a comment, a ``retry:`` hint and that
-position as an ``id:``: in the same write as the backlog, or alone first if Redis must confirm the subscription
-before the backlog can be read. Then the stream is live: the hub's flusher writes what the
-subscriber queues (events, and a heartbeat comment whenever the stream has been quiet), and the stream's own task
-only finishes a write that had to wait, and writes the last words when the subscriber is closed.
+position as an ``id:``: in the same write as the backlog; alone, when there is no backlog or Redis must confirm the
+subscription before it can be read; or with the last words, if the stream ends before any of that. Then the stream
+is live: the hub's flusher writes what the subscriber queues (events, and a heartbeat comment whenever the stream has
+been quiet), and the stream's own task only finishes a write that had to wait, and writes the last words when the
+subscriber is closed.
 """
 
 from __future__ import annotations
@@ -116,8 +117,7 @@ class EventStream:
                     await self._replay()
                 while subscriber.close_reason is None:
                     await subscriber.wait()
-                    await subscriber.finish_write()
-                await subscriber.finish_write()  # one the flusher handed over just before the close
+                    await subscriber.finish_write()  # a write handed over before a close is finished too
                 if subscriber.close_reason == "shutdown":
                     # Spread the reconnects of many clients over a window rather than one instant.
                     await self._write(encode_retry(self.settings.retry_ms + random.randint(0, self.settings.retry_ms)))

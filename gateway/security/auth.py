@@ -109,8 +109,9 @@ class Authenticator:
 
     def _verify(self, token: str) -> Grant:
         grant = self._verified(token)
-        if grant.expires_at is not None and grant.expires_at <= time.time():
-            raise Unauthorized("the token has expired")  # as pyjwt says it, for a token verified before its expiry
+        # pyjwt's own rule (the whole seconds of exp), for a token verified before its expiry.
+        if grant.expires_at is not None and int(grant.expires_at) <= time.time():
+            raise Unauthorized("the token has expired")
         return grant
 
     def _verify_signed(self, token: str) -> Grant:

@@ -129,7 +129,7 @@ def test_a_url_naming_no_reachable_node_is_a_clear_error_within_seconds(mode):
     assert "not starting: no Redis answers at 127.0.0.1:" in error
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(180)  # a manual failover may be asked up to four times (tests/clusters.py)
 @pytest.mark.parametrize(
     ("kind", "fault", "publish_replicas"),
     [
