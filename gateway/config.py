@@ -28,6 +28,13 @@ class Settings:
     host: str = setting("127.0.0.1", "address to bind (the Docker image uses 0.0.0.0)")
     port: int = setting(8000, "port to listen on (0: any free port)")
     workers: int = setting(1, "worker processes; each has its own upstream subscriptions")
+    # A proxy in front passes the client's address in X-Forwarded-For; only these peers are believed, so a client
+    # that reaches the gateway directly cannot forge its address for the rate limit and the logs.
+    forwarded_allow_ips: str | None = setting(
+        None,
+        "comma-separated proxy addresses or networks whose X-Forwarded-For/-Proto is believed, or * (unset: "
+        "uvicorn's FORWARDED_ALLOW_IPS, or 127.0.0.1 and ::1)",
+    )
     redis_url: str | None = setting(
         None,
         "redis://, rediss:// or unix:// URL (a cluster: any node, or several, comma-separated); unset starts an "

@@ -14,7 +14,7 @@ from gateway import logs
 from gateway.app import create_app
 from gateway.brokers import BrokerModeError, resolve_cluster_mode
 from gateway.brokers.embedded import EmbeddedServer, EmbeddedServerError
-from gateway.config import Settings
+from gateway.config import Settings, split_list
 from gateway.http.protocol import HttpLimits, protocol_for
 from gateway.http.stream import StreamHost
 from gateway.metrics import MULTIPROCESS_DIR
@@ -65,6 +65,10 @@ def serve(settings: Settings, *, demo: bool = False) -> int:
         log_level=settings.log_level,
         # The app logs requests itself, with tokens in query strings redacted (gateway.http.access_log).
         access_log=False,
+        proxy_headers=True,
+        forwarded_allow_ips=None
+        if settings.forwarded_allow_ips is None
+        else list(split_list(settings.forwarded_allow_ips)),
         log_config=None,  # keep the logging set up above, for uvicorn's own lines too
         # A backstop only: the app ends its streams itself on SIGTERM (see gateway.app).
         timeout_graceful_shutdown=settings.shutdown_grace,
