@@ -28,7 +28,7 @@ from gateway.http.events import EventsFront
 from gateway.http.publish import PublishFront
 from gateway.http.publish_rate import PublishRate
 from gateway.http.routes import routes
-from gateway.http.stream import StreamHost
+from gateway.http.stream import RETRY_HEADER, StreamHost
 from gateway.metrics import process_exited
 from gateway.security.auth import Authenticator
 
@@ -100,6 +100,7 @@ def create_app(
             allow_credentials=settings.cors_credentials,
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "X-API-Key", "Cache-Control"],
+            expose_headers=[RETRY_HEADER],
             max_age=600,
         )
     return StreamHost(AccessLog(app), starlette)

@@ -39,6 +39,16 @@ HEADERS = [
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
+# The retry: hint again, as a header: EventSource keeps the hint to itself, and a page that shows when its feed will
+# be back (the page helper, clients/web/sse-gateway.js) reads it from a HEAD of the stream.
+RETRY_HEADER = "X-SSE-Retry"
+
+
+@functools.cache
+def stream_headers(retry_ms: int) -> list[tuple[bytes, bytes]]:
+    return [*HEADERS, (RETRY_HEADER.lower().encode(), str(retry_ms).encode())]
+
+
 STREAM_HOST = "gateway.stream_host"
 T = TypeVar("T")
 
@@ -94,7 +104,7 @@ class EventStream:
             log.info("stream opened", extra={"fields": {**self._fields(), "resume": self.cursor is not None}})
         try:
             self._opening = await self._opening_lines(subscriber)
-            await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+            await send({"type": "http.response.start", "status": 200, "headers": stream_headers(settings.retry_ms)})
         except BaseException:
             self._ended()
             raise

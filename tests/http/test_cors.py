@@ -14,7 +14,7 @@ PAGE = "http://dashboard.example:8080"
 
 @pytest.fixture(scope="module")
 def cors_gateway(redis_server) -> Iterator[GatewayProcess]:
-    env = {"SSE_GATEWAY_CORS_ORIGINS": PAGE, "SSE_GATEWAY_CORS_CREDENTIALS": "true"}
+    env = {"SSE_GATEWAY_CORS_ORIGINS": PAGE, "SSE_GATEWAY_CORS_CREDENTIALS": "true", "SSE_GATEWAY_RETRY_MS": "1234"}
     process = GatewayProcess(redis_server.url, env=env).start()
     yield process
     process.stop()
@@ -53,6 +53,13 @@ def test_event_stream_carries_the_origin_headers_an_event_source_needs(cors_gate
         assert response.headers["access-control-allow-origin"] == PAGE
         assert response.headers["access-control-allow-credentials"] == "true"
         assert response.headers["content-type"] == "text/event-stream; charset=utf-8"
+
+
+def test_a_page_can_read_the_retry_hint_of_a_stream_from_a_head(cors_gateway, channel):
+    response = httpx.head(f"{cors_gateway.url}/events/{channel}", headers={"Origin": PAGE})
+    assert response.status_code == 200
+    assert response.headers["x-sse-retry"] == "1234"  # SSE_GATEWAY_RETRY_MS, as in the stream's retry: line
+    assert response.headers["access-control-expose-headers"].lower() == "x-sse-retry"
 
 
 def test_without_configured_origins_no_cors_headers_are_sent(gateway, channel):
