@@ -110,17 +110,23 @@ class Settings:
     api_keys: str = setting("", "comma-separated keys that may publish (X-API-Key)")
     public_channels: str = setting("", "comma-separated globs anyone may subscribe to")
     auth_cookie: str = setting("sse_token", "the cookie a token may come in")
+    # A stream ticket (POST /tickets) stands in for a credential in a stream's URL, for this long at most.
+    ticket_ttl: float = setting(60.0, "seconds a stream ticket may be used to open a stream")
     cors_origins: str = setting("", "comma-separated origins allowed to call the gateway from a page, or *")
     cors_credentials: bool = setting(False, "allow cookies on cross-origin requests")
     # Slow clients of these channels get only the newest queued event per channel instead of being evicted.
     conflate_channels: str = setting("", "comma-separated globs of channels whose clients keep only the newest event")
+    # Channels that other programs already PUBLISH to under their bare names: their messages are streamed live too.
+    raw_channels: str = setting(
+        "", "comma-separated globs of channels also heard on the bare Redis channel of their name"
+    )
 
     def __post_init__(self) -> None:
         positive = (
             "heartbeat", "max_channels", "max_connections", "max_body_bytes", "client_buffer_events",
             "client_buffer_bytes", "publish_burst", "max_batch_bytes", "max_batch_events",
         )  # fmt: skip
-        for name in (*positive, "send_timeout", "workers", "publish_replicas_timeout"):
+        for name in (*positive, "send_timeout", "workers", "publish_replicas_timeout", "ticket_ttl"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be greater than 0, not {getattr(self, name)}")
         not_negative = ("retry_ms", "buffer_maxlen", "buffer_max_age", "buffer_idle_ttl", "shutdown_grace")
