@@ -31,6 +31,7 @@ from gateway.http.routes import routes
 from gateway.http.stream import RETRY_HEADER, StreamHost
 from gateway.metrics import process_exited
 from gateway.security.auth import Authenticator
+from gateway.security.tickets import Tickets
 
 log = logging.getLogger("gateway.app")
 
@@ -68,6 +69,7 @@ def create_app(
         app.state.settings = settings
         app.state.hub = hub
         app.state.auth = authenticator
+        app.state.tickets = Tickets(hub.broker, settings.ticket_ttl)
         app.state.publish_rate = PublishRate(settings.publish_rate, settings.publish_burst)
         restore_signals = _drain_on_exit_signals(hub)
         publisher = DemoPublisher(hub.broker) if demo else None

@@ -207,3 +207,15 @@ class RedisBuffer:
             return bool(await self.client.exists(self.naming.stream_key(channel)))
         except REDIS_FAILURES as exc:
             raise RedisUnavailable(f"Redis is unreachable ({exc})") from exc
+
+    async def keep_ticket(self, digest: str, grant: bytes, ttl_ms: int) -> None:
+        try:
+            await self.client.set(self.naming.ticket_key(digest), grant, px=ttl_ms)
+        except REDIS_FAILURES as exc:
+            raise RedisUnavailable(f"Redis is unreachable ({exc})") from exc
+
+    async def ticket_grant(self, digest: str) -> bytes | None:
+        try:
+            return await self.client.get(self.naming.ticket_key(digest))
+        except REDIS_FAILURES as exc:
+            raise RedisUnavailable(f"Redis is unreachable ({exc})") from exc

@@ -40,6 +40,10 @@ class Naming:
     def stream_key(self, channel: str) -> str:
         return f"{self.prefix}{{{channel}}}:buffer"
 
+    def ticket_key(self, digest: str) -> str:
+        """A stream ticket's key (gateway.security.tickets); no braces, so it is never a channel's."""
+        return f"{self.prefix}ticket:{digest}"
+
     def channel_of(self, pubsub_channel: str) -> str | None:
         """The gateway channel behind a Pub/Sub channel name, or None if it is not one of ours."""
         head = self.prefix + "{"

@@ -51,6 +51,14 @@ class Broker(Protocol):
         """Whether the channel has a buffer at all: a quiet channel's expires."""
         ...
 
+    async def keep_ticket(self, digest: str, grant: bytes, ttl_ms: int) -> None:
+        """Store a stream ticket's grant under its digest for ``ttl_ms`` (gateway.security.tickets)."""
+        ...
+
+    async def ticket_grant(self, digest: str) -> bytes | None:
+        """A stream ticket's grant, or None when it is unknown or has expired."""
+        ...
+
     async def start(self, on_event: OnEvent, on_catch_up: OnCatchUp) -> None:
         """Begin live delivery: ``on_event`` for every message of a subscribed channel, in order per channel."""
         ...

@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger("gateway.access")
 
-SECRET_PARAMETERS = frozenset({"access_token", "token", "api_key"})
+SECRET_PARAMETERS = frozenset({"access_token", "token", "api_key", "ticket"})
 
 
 def redact_query(query: str) -> str:

@@ -22,6 +22,10 @@ from gateway.cursor import channel_set, parse_cursor
 from gateway.errors import BadRequest
 from gateway.http.front import answer_error, route_path
 from gateway.http.stream import EventStream
+from gateway.security.auth import Grant
+from gateway.security.tickets import QUERY_PARAMETER
+
+TICKET_IN_QUERY = QUERY_PARAMETER.encode() + b"="
 
 PATH = "/events"
 PREFIX = PATH + "/"
@@ -38,7 +42,8 @@ class EventsFront:
             path = route_path(scope)
             if path == PATH or path.startswith(PREFIX):
                 try:
-                    stream = stream_for(self.state, scope, path[len(PREFIX) :] if path != PATH else None)
+                    ticket = await ticket_for(self.state, scope)
+                    stream = stream_for(self.state, scope, path[len(PREFIX) :] if path != PATH else None, ticket)
                 except Exception as error:  # noqa: BLE001 - answered: a JSON error, or a 500 that is logged
                     await answer_error(error, scope, receive, send)
                     return
@@ -48,9 +53,19 @@ class EventsFront:
         await self.app(scope, receive, send)
 
 
-def stream_for(state: Any, scope: Scope, path_channel: str | None) -> EventStream:
-    """The stream a request asks for, its channels, cursor and grant checked; raises the GatewayError that says
-    what is wrong."""
+async def ticket_for(state: Any, scope: Scope) -> Grant | None:
+    """The grant of the stream ticket in the request's query (gateway.security.tickets), None without one; raises
+    Unauthorized for a ticket that is unknown or has expired. A request without one pays a substring test."""
+    query = scope.get("query_string", b"")
+    if TICKET_IN_QUERY not in query or not state.auth.enabled:
+        return None
+    value = _last(parse_qsl(query.decode("latin-1"), keep_blank_values=True), QUERY_PARAMETER)
+    return None if value is None else await state.tickets.redeem(value)
+
+
+def stream_for(state: Any, scope: Scope, path_channel: str | None, ticket: Grant | None = None) -> EventStream:
+    """The stream a request asks for, its channels, cursor and grant (a token's, or ``ticket``) checked; raises the
+    GatewayError that says what is wrong."""
     settings = state.settings
     query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
     if path_channel is not None:
@@ -70,7 +85,7 @@ def stream_for(state: Any, scope: Scope, path_channel: str | None) -> EventStrea
     cursor = parse_cursor(last_event_id, channels) if last_event_id else None
     expires_at = None
     if state.auth.enabled:
-        expires_at = state.auth.for_subscribe(HTTPConnection(scope), channels).expires_at
+        expires_at = state.auth.for_subscribe(HTTPConnection(scope), channels, ticket).expires_at
     return EventStream(state.hub, channels, cursor, settings, expires_at=expires_at)
 
 

@@ -7,11 +7,13 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
 
 from gateway.errors import JSONLine, RedisUnavailable, error_response
 from gateway.fanout.hub import Hub
-from gateway.http.events import stream_for
-from gateway.http.stream import EventStream
+from gateway.http.events import stream_for, ticket_for
+from gateway.http.stream import stream_headers
+from gateway.http.tickets import create_ticket
 from gateway.metrics import metrics
 
 
@@ -24,9 +26,22 @@ class _Anything(PathConvertor):
 register_url_convertor("anything", _Anything())
 
 
-async def events(request: Request) -> EventStream:
-    """A HEAD of a stream: GET is answered in front of this app (gateway.http.events), the same way."""
-    return stream_for(request.app.state, request.scope, request.path_params.get("channel"))
+async def events(request: Request) -> StreamHead:
+    """A HEAD of a stream: the checks and headers of a GET (answered in front of this app, gateway.http.events), and
+    no stream. A page learns a refused stream's status this way (EventSource does not tell it), and a HEAD that ran
+    the stream would hold its connection for as long as a GET."""
+    state = request.app.state
+    stream_for(state, request.scope, request.path_params.get("channel"), await ticket_for(state, request.scope))
+    return StreamHead(stream_headers(state.settings.retry_ms))
+
+
+class StreamHead:
+    def __init__(self, headers: list[tuple[bytes, bytes]]) -> None:
+        self.headers = headers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.headers})
+        await send({"type": "http.response.body", "body": b""})
 
 
 async def publish(request: Request) -> Response:
@@ -57,6 +72,7 @@ routes = [
     Route("/events/{channel:anything}", events, methods=["GET"]),
     Route("/publish", publish, methods=["POST"]),
     Route("/publish/{channel:anything}", publish, methods=["POST"]),
+    Route("/tickets", create_ticket, methods=["POST"]),
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
     Route("/metrics", metrics, methods=["GET"]),

@@ -69,18 +69,36 @@ class Authenticator:
         self._jwks = _load_jwks(settings.jwt_jwks_file) if settings.jwt_jwks_file else None
         self._verified = functools.lru_cache(maxsize=VERIFIED_TOKENS)(self._verify_signed)
 
-    def for_subscribe(self, connection: HTTPConnection, channels: Iterable[str]) -> Grant:
-        """The grant for a stream of ``channels``: every channel must be allowed, or none is (401/403)."""
+    def for_subscribe(self, connection: HTTPConnection, channels: Iterable[str], ticket: Grant | None = None) -> Grant:
+        """The grant for a stream of ``channels``: every channel must be allowed, or none is (401/403).
+
+        ``ticket``: the grant of the stream ticket in the URL (gateway.security.tickets), which then stands in for
+        any token."""
         if not self.enabled:
             return OPEN
-        token = self._token(connection)
-        grant = self._verify(token) if token else Grant(subscribe=self.public)
+        token = None if ticket else self._token(connection)
+        grant = ticket or (self._verify(token) if token else Grant(subscribe=self.public))
         refused = [c for c in channels if not (grant.may_subscribe(c) or _matches(c, self.public))]
-        if refused and token is None:
+        if refused and ticket is None and token is None:
             raise Unauthorized(f"a token is needed to subscribe to {', '.join(refused)}")
         if refused:
-            raise Forbidden(f"the token does not grant subscribing to {', '.join(refused)}")
+            credential = "ticket" if ticket else "token"
+            raise Forbidden(f"the {credential} does not grant subscribing to {', '.join(refused)}")
         return grant
+
+    def for_ticket(self, connection: HTTPConnection, channels: Iterable[str]) -> float | None:
+        """When the credential a stream ticket for ``channels`` is made from expires (None: never); raises 401/403
+        as a stream of those channels would.
+
+        An API key, a server's own credential, may make a ticket for any channel: that is how a backend hands its
+        pages streams without giving them a token. A ticket cannot make another."""
+        if not self.enabled:
+            return None
+        api_key = connection.headers.get("x-api-key")
+        if api_key is not None:
+            self._check_api_key(api_key)
+            return None
+        return self.for_subscribe(connection, channels).expires_at
 
     def for_publish(self, connection: HTTPConnection, channel: str) -> None:
         if not self.publish_check(connection)(channel):
@@ -93,13 +111,16 @@ class Authenticator:
             return _anything
         api_key = connection.headers.get("x-api-key")
         if api_key is not None:
-            if any(hmac.compare_digest(api_key.encode(), key) for key in self._api_keys):
-                return _anything
-            raise Unauthorized("the API key is not valid")
+            self._check_api_key(api_key)
+            return _anything
         token = self._token(connection)
         if token is None:
             raise Unauthorized("publishing needs a token or an API key")
         return self._verify(token).may_publish
+
+    def _check_api_key(self, api_key: str) -> None:
+        if not any(hmac.compare_digest(api_key.encode(), key) for key in self._api_keys):
+            raise Unauthorized("the API key is not valid")
 
     def _token(self, connection: HTTPConnection) -> str | None:
         scheme, _, credentials = connection.headers.get("authorization", "").partition(" ")

@@ -6,6 +6,8 @@ Channels of the cluster cases span all three primaries, so every test crosses no
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -17,8 +19,9 @@ from gateway.brokers import broker_for
 from gateway.brokers.protocol import Broker
 from gateway.config import Settings
 from gateway.cursor import ZERO, StreamId, parse_stream_id
-from gateway.errors import BadRequest
+from gateway.errors import BadRequest, Unauthorized
 from gateway.events import Event
+from gateway.security.tickets import Tickets
 from tests.clusters import RedisClusterProcesses
 from tests.servers import RedisProcess
 
@@ -204,3 +207,26 @@ async def test_a_batch_is_stored_and_sent_live_in_order_per_channel_with_a_bad_e
         ]
         assert [e.stream_id for e in stored] == ids, "each event's outcome is its own id"
         assert [e.previous for e in stored[1:]] == ids[:-1], "each names the one before it, across script calls"
+
+
+async def test_a_stream_ticket_is_kept_under_its_digest_for_its_lifetime_only(broker: Broker, target: Target) -> None:
+    tickets = Tickets(broker, ttl=30)
+    credential_expires_at = time.time() + 10
+    ticket = await tickets.issue(["a", "b"], credential_expires_at)
+    assert 9 < ticket.expires_in <= 10, "never past the credential's own expiry"
+    grant = await tickets.redeem(ticket.value)
+    assert (grant.subscribe, grant.expires_at) == (("a", "b"), credential_expires_at)
+    key = f"sse:ticket:{hashlib.sha256(ticket.value.encode()).hexdigest()}"
+    raw = target.raw_for(key)
+    assert 9000 < raw.pttl(key) <= 10_000
+    assert ticket.value.encode() not in raw.get(key), "Redis holds the ticket's digest, never the ticket"
+    with pytest.raises(Unauthorized):
+        await tickets.redeem(ticket.value[:-1])
+
+    short = await Tickets(broker, ttl=0.2).issue(["a"], None)
+    short_key = f"sse:ticket:{hashlib.sha256(short.value.encode()).hexdigest()}"
+    async with asyncio.timeout(5):
+        while target.raw_for(short_key).exists(short_key):
+            await asyncio.sleep(0.02)  # polling Redis's own expiry, with a bound
+    with pytest.raises(Unauthorized):
+        await tickets.redeem(short.value)

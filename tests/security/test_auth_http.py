@@ -2,7 +2,9 @@
 
 The matrix crosses every signer with token kinds, transports and operations, and checks each case on its own: the
 status, the error code, ``WWW-Authenticate`` on 401, no event data on a refused stream, and nothing written to the
-Redis buffer on a refused publish.
+Redis buffer on a refused publish. The "ticket" transport trades the token for a stream ticket (``POST /tickets``
+with the token as a Bearer, naming the operation's channels) and uses the ticket in its place; the trade is refused
+as the stream would be, and a ticket never publishes.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ INVALID = (
     "missing-exp",
     "garbage",
 )
-TRANSPORTS = ("bearer", "cookie", "query")
+TRANSPORTS = ("bearer", "cookie", "query", "ticket")
 OPERATIONS = ("subscribe", "subscribe-public", "multi-granted", "multi-partial", "replay", "publish")
 
 
@@ -70,6 +72,9 @@ class Case:
             return 200
         if self.kind == "none":
             return 401
+        if self.operation == "publish" and self.transport == "ticket":
+            # A ticket is not a credential to publish with, once the token could be traded for one at all.
+            return 403 if self.kind == "other-channel" else 401
         if self.operation == "publish":
             return 201 if self.kind == "granted" else 403
         if self.operation == "multi-partial" or self.kind == "other-channel":
@@ -128,24 +133,38 @@ def _tokens_for(signer: str) -> dict[str, str]:
 def _credentials(transport: str, token: str | None) -> tuple[dict[str, str], list[tuple[str, str]]]:
     if token is None:
         return {}, []
-    if transport == "bearer":
+    if transport in ("bearer", "ticket"):
         return {"Authorization": f"Bearer {token}"}, []
     if transport == "cookie":
         return {"Cookie": f"sse_token={token}"}, []
     return {}, [("access_token", token)]
 
 
+def _channels_of(operation: str, mine: str) -> list[str]:
+    return {
+        "subscribe-public": [f"public.{mine}"],
+        "multi-granted": [mine, f"{mine}-b"],
+        "multi-partial": [mine, f"x.{mine}"],
+    }.get(operation, [mine])
+
+
 def _run(case: Case, http, gateway: GatewayProcess, redis_server: RedisProcess, token: str | None) -> Result:
     headers, params = _credentials(case.transport, token)
-    stream = functools.partial(read_stream, http, redis_server, headers=headers)
     mine = f"g.{uuid.uuid4().hex[:10]}"
+    if case.transport == "ticket":
+        body = {"channels": _channels_of(case.operation, mine)}
+        traded = http.post(f"{gateway.url}/tickets", headers=headers, json=body)
+        if traded.status_code != 201:
+            return Result(traded.status_code, traded.headers, traded.content)
+        headers, params = {}, [("ticket", traded.json()["ticket"])]
+    stream = functools.partial(read_stream, http, redis_server, headers=headers)
     if case.operation == "subscribe":
         return stream(f"{gateway.url}/events/{mine}", params=params, publish_to=mine)
     if case.operation == "subscribe-public":
         return stream(f"{gateway.url}/events/public.{mine}", params=params, publish_to=f"public.{mine}")
     if case.operation in ("multi-granted", "multi-partial"):
-        other = f"{mine}-b" if case.operation == "multi-granted" else f"x.{mine}"
-        return stream(f"{gateway.url}/events", params=[("channel", mine), ("channel", other), *params], publish_to=mine)
+        channels = [("channel", name) for name in _channels_of(case.operation, mine)]
+        return stream(f"{gateway.url}/events", params=[*channels, *params], publish_to=mine)
     if case.operation == "replay":
         first = redis_server.publish_with_script(mine, "backlog-1")
         redis_server.publish_with_script(mine, "backlog-2")
