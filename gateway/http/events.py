@@ -19,9 +19,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.brokers.naming import validate_channel
 from gateway.cursor import channel_set, parse_cursor
-from gateway.errors import BadRequest
+from gateway.errors import BadRequest, RedisUnavailable
 from gateway.http.front import answer_error, route_path
-from gateway.http.stream import EventStream
+from gateway.http.stream import EventStream, end_at_once
 from gateway.security.auth import Grant
 from gateway.security.tickets import QUERY_PARAMETER
 
@@ -44,6 +44,10 @@ class EventsFront:
                 try:
                     ticket = await ticket_for(self.state, scope)
                     stream = stream_for(self.state, scope, path[len(PREFIX) :] if path != PATH else None, ticket)
+                except RedisUnavailable:
+                    # The ticket could not be looked up: come back, as for any stream that Redis fails at its start.
+                    await end_at_once(send, "Redis is unreachable; retry", self.state.settings.retry_ms, b"redis")
+                    return
                 except Exception as error:  # noqa: BLE001 - answered: a JSON error, or a 500 that is logged
                     await answer_error(error, scope, receive, send)
                     return

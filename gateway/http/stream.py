@@ -229,10 +229,15 @@ class EventStream:
 async def _turn_away(send: Send, retry_ms: int) -> None:
     """A 200 that ends at once and asks the client to come back later: a browser would give up on any other status."""
     wait = 10 * retry_ms + random.randint(0, 10 * retry_ms)
-    body = encode_comment("too many connections; retry later") + encode_retry(wait)
-    await send(
-        {"type": "http.response.start", "status": 200, "headers": [*HEADERS, (b"x-sse-refused", b"max_connections")]}
-    )
+    await end_at_once(send, "too many connections; retry later", wait, b"max_connections")
+
+
+async def end_at_once(send: Send, why: str, retry_ms: int, refused: bytes) -> None:
+    """A stream that ends as it starts, asking the client to come back after ``retry_ms``: a 200, since a browser
+    gives up for good on any other status. ``refused`` names the reason in an X-SSE-Refused header."""
+    body = encode_comment(why) + encode_retry(retry_ms)
+    headers = [*HEADERS, (b"x-sse-refused", refused)]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 

@@ -171,13 +171,19 @@ def test_a_bad_ticket_request_is_a_4xx_that_names_the_problem(gateways, http, bo
     assert http.get(f"{gateways[0].url}/healthz").status_code == 200
 
 
-def test_a_ticket_request_while_redis_is_down_is_a_503_and_works_again_once_it_is_back(http):
+def test_while_redis_is_down_a_ticket_request_is_a_503_and_a_ticket_stream_is_asked_to_come_back(http):
     redis = RedisProcess().start()
     gateway = GatewayProcess(redis.url, env=AUTH).start()
     try:
         channels = names(1)
+        ticket = make_ticket(http, gateway, channels, **token("t*")).json()["ticket"]
         redis.kill()
         assert refusal(make_ticket(http, gateway, channels, **token("t*"))) == (503, "redis_unavailable")
+        # A 200 that ends at once with a retry: hint, as a stream whose start Redis fails: EventSource would give up
+        # for good on a 503.
+        stream = http.get(f"{gateway.url}/events/{channels[0]}", params={"ticket": ticket})
+        assert (stream.status_code, stream.headers["x-sse-refused"]) == (200, "redis")
+        assert "retry: 200" in stream.text and "data:" not in stream.text
         redis.start()
         wait_until(gateway.ready, what="the gateway ready again")
         assert make_ticket(http, gateway, channels, **token("t*")).status_code == 201
