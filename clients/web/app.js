@@ -1,10 +1,11 @@
-// sse-gateway demo page: one EventSource, its state, and a log. Every received string goes through textContent.
-"use strict";
+// sse-gateway test page: one stream through the page helper (sse-gateway.js), its state, and a log. Every received
+// string goes through textContent.
+import { streamUrl, subscribe } from "./sse-gateway.js";
 
 const MAX_LOG_ENTRIES = 500;
 const $ = (id) => document.getElementById(id);
 
-let source = null;
+let feed = null;
 let stats = null;
 
 function defaultBase() {
@@ -14,40 +15,6 @@ function defaultBase() {
 
 function splitList(text) {
   return [...new Set(text.split(",").map((s) => s.trim()).filter(Boolean))];
-}
-
-function streamUrl(base, channels, resumeId) {
-  const root = base.replace(/\/+$/, "");
-  let url;
-  if (channels.length === 1) {
-    url = new URL(`${root}/events/${encodeURIComponent(channels[0])}`);
-  } else {
-    url = new URL(`${root}/events`);
-    channels.forEach((name) => url.searchParams.append("channel", name));
-  }
-  // EventSource cannot send headers; the gateway reads a first resume point from the query, and on reconnect the
-  // browser's own Last-Event-ID header takes precedence over it.
-  if (resumeId) url.searchParams.set("lastEventId", resumeId);
-  return url.toString();
-}
-
-function eventNames(channels, types) {
-  // Single-channel streams send `message` (or the publisher's type); multi-channel ones name each event
-  // `<channel>` or `<channel>:<type>`. EventSource only delivers named events to listeners for that exact name.
-  const names = new Set(["message", "gap"]);
-  for (const type of types) names.add(type);
-  if (channels.length > 1) {
-    for (const channel of channels) {
-      names.add(channel);
-      for (const type of types) names.add(`${channel}:${type}`);
-    }
-  }
-  return names;
-}
-
-function setState(state) {
-  $("state").dataset.state = state;
-  $("state").textContent = state;
 }
 
 function render() {
@@ -69,24 +36,39 @@ function addLog(className, meta, text) {
   while (log.children.length > MAX_LOG_ENTRIES) log.lastElementChild.remove();
 }
 
-function describeGap(data) {
-  try {
-    const gap = JSON.parse(data);
-    return `history trimmed on ${gap.channel}: asked to resume after ${gap.requested}, ` +
-      `oldest kept is ${gap.first_available}`;
-  } catch {
-    return data;
-  }
+function onEvent({ channel, type, data, id }) {
+  stats.events += 1;
+  stats.lastId = feed.lastEventId;
+  addLog("event", `[${channel}${type === "message" ? "" : ` ${type}`}] id=${id || "–"}`, data);
+  render();
 }
 
-function onEvent(event) {
+function onGap(channel, info) {
   stats.events += 1;
-  stats.lastId = event.lastEventId;
-  if (event.type === "gap") {
-    stats.gaps += 1;
-    addLog("gap", `[gap] id=${event.lastEventId || "–"}`, describeGap(event.data));
-  } else {
-    addLog("event", `[${event.type}] id=${event.lastEventId || "–"}`, event.data);
+  stats.gaps += 1;
+  const text = info && typeof info === "object"
+    ? `history trimmed on ${channel}: asked to resume after ${info.requested}, oldest kept is ${info.first_available}`
+    : `history trimmed on ${channel}`;
+  addLog("gap", "[gap]", text);
+  render();
+}
+
+function onState(state, detail) {
+  $("state").dataset.state = state;
+  $("state").textContent = state;
+  if (state === "live") {
+    addLog("note", "connected");
+  } else if (state === "retrying") {
+    stats.reconnects += 1;
+    addLog("note", `connection lost; reconnecting in ${detail.retryMs} ms, resuming after the last id`);
+  } else if (state === "closed") {
+    if (detail.reason === "refused") {
+      const error = detail.error && typeof detail.error.error === "string" ? ` ${detail.error.error}` : "";
+      addLog("note", `the gateway refused the stream (${detail.status}${error}); not reconnecting`);
+    } else if (detail.reason === "close") {
+      addLog("note", "disconnected");
+    }
+    stopped();
   }
   render();
 }
@@ -95,33 +77,13 @@ function connect() {
   disconnect();
   const channels = splitList($("channels").value);
   if (channels.length === 0) return;
-  const resumeId = $("resume").value.trim();
-  const url = streamUrl($("base").value, channels, resumeId);
-  stats = { events: 0, reconnects: 0, gaps: 0, lastId: resumeId };
-  $("url").textContent = url;
-  setState("connecting");
+  const base = $("base").value;
+  const lastEventId = $("resume").value.trim();
+  stats = { events: 0, reconnects: 0, gaps: 0, lastId: lastEventId };
+  $("url").textContent = streamUrl(base, channels, { lastEventId });
   render();
-
-  source = new EventSource(url);
-  for (const name of eventNames(channels, splitList($("types").value))) source.addEventListener(name, onEvent);
-  source.addEventListener("open", () => {
-    setState("open");
-    addLog("note", "connected");
-  });
-  source.addEventListener("error", () => {
-    if (source.readyState === EventSource.CONNECTING) {
-      // The browser will retry after the server's `retry:` delay, sending Last-Event-ID.
-      stats.reconnects += 1;
-      setState("connecting");
-      addLog("note", "connection lost; the browser is reconnecting");
-    } else {
-      // A non-200 status, a wrong content type or a 204: the browser gives up for good.
-      setState("failed");
-      addLog("note", "the stream was closed by the server (HTTP error or 204); not reconnecting");
-      stopped();
-    }
-    render();
-  });
+  const types = splitList($("types").value);
+  feed = subscribe({ channels, url: base, types, lastEventId }, { onEvent, onGap, onState });
   $("open").disabled = true;
   $("close").disabled = false;
 }
@@ -132,11 +94,9 @@ function stopped() {
 }
 
 function disconnect() {
-  if (source === null) return;
-  source.close();
-  source = null;
-  setState("closed");
-  stopped();
+  if (feed === null) return;
+  feed.close();
+  feed = null;
 }
 
 $("base").value = defaultBase();

@@ -1,6 +1,9 @@
-// sse-gateway live demo dashboard: one EventSource on the `stocks` and `news` channels, a ticker table with
-// sparklines, a news list and the stream's state. Every received string goes through textContent.
-"use strict";
+// sse-gateway live demo dashboard: the `stocks` and `news` channels over one EventSource, through the page helper
+// (sse-gateway.js), shown as a ticker table with sparklines, a news list and the stream's state. Every received
+// string goes through textContent.
+// The gateway serves this directory at /demo/ and the helper at /web/sse-gateway.js: relative, so that a gateway
+// behind a path prefix serves the page too.
+import { streamUrl, subscribe } from "../web/sse-gateway.js";
 
 const CHANNELS = ["stocks", "news"];
 const SYMBOLS = ["AAPL", "MSFT", "GOOG", "AMZN", "TSLA"]; // rows shown before the first quote arrives
@@ -12,7 +15,7 @@ const SYMBOL_PATTERN = /^[A-Za-z0-9.-]{1,12}$/;
 const $ = (id) => document.getElementById(id);
 
 // Read by the automated browser tests; always the same object, updated in place on every event.
-//   state        "connecting" | "live" | "reconnecting" | "closed"
+//   state        "connecting" | "live" | "retrying" | "closed", the helper's states
 //   lastEventId  the newest id the EventSource holds (an opaque multi-channel cursor), "" before the first one
 //   reconnects   the number of opens after the first one
 //   gaps         `gap` events received
@@ -46,16 +49,6 @@ function gatewayBase(params) {
   const url = new URL(given); // throws on anything that is not an absolute URL
   if (url.protocol !== "http:" && url.protocol !== "https:") throw new Error("not an http(s) URL");
   return `${url.origin}${url.pathname}`.replace(/\/+$/, "");
-}
-
-function eventsUrl(base, token) {
-  const url = new URL(`${base}/events`);
-  for (const channel of CHANNELS) url.searchParams.append("channel", channel);
-  // EventSource cannot send an Authorization header, so a token can only ride in the URL. Beware: URLs are written
-  // to the access logs of proxies, load balancers and the gateway itself, and stay in the browser's history, so use
-  // short-lived tokens scoped to subscribing only.
-  if (token) url.searchParams.append("access_token", token);
-  return url.toString();
 }
 
 // --- Formatting ----------------------------------------------------------------------------------------------------
@@ -411,17 +404,22 @@ function scheduleRender() {
 
 // --- Events --------------------------------------------------------------------------------------------------------
 
-function countEvent(event) {
+function countEvent(id) {
   demoState.events += 1;
   countRate();
   // Events without an `id:` (a gap, or a plain PUBLISH from another program) keep the previous id.
-  if (event.lastEventId) demoState.lastEventId = event.lastEventId;
+  if (id) demoState.lastEventId = id;
   statsDirty = true;
   scheduleRender();
 }
 
+function onEvent(event) {
+  if (event.channel === "stocks") onStocks(event);
+  else if (event.channel === "news") onNews(event);
+}
+
 function onStocks(event) {
-  countEvent(event);
+  countEvent(event.id);
   const quote = parseJson(event.data);
   if (!quote || typeof quote.symbol !== "string" || !SYMBOL_PATTERN.test(quote.symbol)) return;
   if (typeof quote.price !== "number" || !Number.isFinite(quote.price)) return;
@@ -439,7 +437,7 @@ function onStocks(event) {
 }
 
 function onNews(event) {
-  countEvent(event);
+  countEvent(event.id);
   const item = parseJson(event.data);
   if (!item || typeof item.headline !== "string" || item.headline.trim() === "") return;
   demoState.news += 1;
@@ -447,42 +445,32 @@ function onNews(event) {
   addHeadline(item.headline.trim(), time);
 }
 
-function onGap(event) {
-  countEvent(event);
+function onGap(channel) {
+  countEvent("");
   demoState.gaps += 1;
-  const gap = parseJson(event.data);
-  const channel = gap && typeof gap.channel === "string" ? gap.channel : "a channel";
+  channel = channel ?? "a channel";
   showNotice("warn", `Missed part of the history on “${channel}”: the gateway's buffer was already trimmed past ` +
     "the position this page resumed from, so the charts may jump.", 10);
 }
 
-function connect(url) {
-  const source = new EventSource(url);
-  source.onopen = () => {
+function onState(state, detail) {
+  setState(state);
+  if (state === "live") {
     opens += 1;
     demoState.reconnects = Math.max(0, opens - 1);
-    setState("live");
     hideNotice();
     statsDirty = true;
     scheduleRender();
-  };
-  source.onerror = () => {
-    if (source.readyState === EventSource.CONNECTING) {
-      // The connection dropped (or could not be made); the browser retries by itself after the server's `retry:`
-      // delay and sends Last-Event-ID, so the gateway resumes every channel exactly.
-      setState("reconnecting");
-    } else if (source.readyState === EventSource.CLOSED) {
-      // A non-200 answer (401/403 without a valid token, 400, 404, ...), a wrong content type or a 204:
-      // the browser gives up for good.
-      setState("closed");
-      showNotice("error", "The gateway refused the stream (for example 401/403 without a valid token), so the " +
-        "browser stopped retrying. Reload the page to try again.");
-    }
-  };
-  source.addEventListener("stocks", onStocks);
-  source.addEventListener("news", onNews);
-  source.addEventListener("gap", onGap);
-  return source;
+  } else if (state === "retrying") {
+    // The helper (or the browser) reconnects after the gateway's retry time and resumes every channel exactly.
+    const seconds = Math.max(detail.retryMs ?? 0, 100) / 1000;
+    showNotice("warn", `The connection dropped: reconnecting in about ${seconds.toFixed(1)} s, resuming where it ` +
+      "left off.");
+  } else if (state === "closed" && detail.reason === "refused") {
+    const error = detail.error && typeof detail.error.error === "string" ? ` ${detail.error.error}` : "";
+    showNotice("error", `The gateway refused the stream (${detail.status}${error}, for example without a valid ` +
+      "token), so the page stopped retrying. Reload the page to try again.");
+  }
 }
 
 function readColors() {
@@ -525,13 +513,16 @@ function start() {
   $("gateway").textContent = new URL(base).host;
   $("gateway").title = base;
   // The link opens the raw stream without the token, so that it never shows up in a copied link.
-  const raw = eventsUrl(base, "");
+  const raw = streamUrl(base, CHANNELS);
   $("raw-link").href = raw;
   if (base !== location.origin) $("raw-link").textContent = raw;
 
   setState("connecting");
   renderStats();
-  connect(eventsUrl(base, params.get("access_token")));
+  // EventSource cannot send an Authorization header, so a token can only ride in the URL. Beware: URLs are written
+  // to the access logs of proxies, load balancers and the gateway itself, and stay in the browser's history, so use
+  // short-lived tokens scoped to subscribing only.
+  subscribe({ channels: CHANNELS, url: base, token: params.get("access_token") }, { onEvent, onGap, onState });
 }
 
 start();
