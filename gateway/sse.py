@@ -11,8 +11,12 @@ import re
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _FORBIDDEN_IN_FIELD = re.compile(r"[\r\n\x00]")
 MAX_EVENT_TYPE_LENGTH = 128
-# The gateway's own in-band event; a publisher may not imitate it.
-RESERVED_EVENT_TYPES = frozenset({"gap"})
+# The event that tells a client that asks for it (?start_event=1) where its stream starts: its id is the starting
+# position, which EventSource otherwise keeps to itself. No channel name begins with ":", so in a stream of several
+# channels no event is called this either.
+START_EVENT = ":start"
+# The gateway's own in-band events; a publisher may not imitate them.
+RESERVED_EVENT_TYPES = frozenset({"gap", START_EVENT})
 
 
 def event_type_problem(event: str) -> str | None:

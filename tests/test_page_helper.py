@@ -152,7 +152,7 @@ def test_events_of_several_channels_over_one_event_source_arrive_with_their_chan
     newest = {name: parse_stream_id(i) for name, _, _, i in published}
     assert parse_cursor(events[-1]["id"], channel_set([a, b])) == newest, "the id is the stream's cursor"
     assert page.evaluate("window.feeds.main.handle.lastEventId") == events[-1]["id"]
-    assert page.evaluate("window.sources.map(s => s.url)") == [f"{gateway.url}/events?channel={a}&channel={b}"]
+    assert page.evaluate("window.sources.map(s => s.url)") == [f"{gateway.url}/events?channel={a}&channel={b}&start_event=1"]
 
 
 def test_a_single_channel_is_streamed_from_its_path_and_its_types_arrive_by_name(page, gateway, channel):
@@ -166,7 +166,7 @@ def test_a_single_channel_is_streamed_from_its_path_and_its_types_arrive_by_name
         {"channel": channel, "type": "message", "data": "plain", "id": ids[0]},
         {"channel": channel, "type": "trade", "data": "typed", "id": ids[1]},
     ]
-    assert page.evaluate("window.sources.map(s => s.url)") == [f"{gateway.url}/events/{channel}"]
+    assert page.evaluate("window.sources.map(s => s.url)") == [f"{gateway.url}/events/{channel}?start_event=1"]
 
 
 def test_resume_past_a_trimmed_buffer_calls_on_gap_once_then_hands_over_the_rest(
@@ -266,7 +266,30 @@ def test_behind_a_proxy_that_answers_502_the_helper_reconnects_itself_from_the_l
     assert len(events) == 5
     for name in (a, b):
         assert [e["data"] for e in events if e["channel"] == name] == [d for n, d, _ in published if n == name]
-    assert all(url.endswith(f"&lastEventId={quote(cursor)}") for url in urls[1:]), urls
+    assert all(f"&lastEventId={quote(cursor)}&" in url for url in urls[1:]), urls
+
+
+def test_a_stream_the_helper_opens_again_before_any_event_resumes_from_where_the_first_one_started(
+    page, own_gateway, redis_server, channel
+):
+    # A quiet channel: the first stream ends (the proxy's 502) before any event. The `:start` event told the helper
+    # its starting position, so what was published while the gateway was down still arrives.
+    nginx = NginxProcess([own_gateway.port]).start()
+    try:
+        page.add_init_script(INSTRUMENT)
+        page.goto(nginx.url + "/healthz")
+        subscribe(page, channels=[channel])
+        wait_state(page, "live")
+        own_gateway.kill()
+        wait_for(page, "() => window.sources.length >= 2", None)
+        published = [redis_server.publish_with_script(channel, "while down")]
+        own_gateway.start()
+        wait_state(page, "live")
+        published.append(publish(nginx.url, channel, "after"))
+        events = wait_events(page, 2)
+    finally:
+        nginx.stop()
+    assert [(e["data"], e["id"]) for e in events] == list(zip(["while down", "after"], published, strict=True))
 
 
 @pytest.mark.parametrize(

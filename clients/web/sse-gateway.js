@@ -100,7 +100,9 @@ export function subscribe(options, callbacks = {}) {
   }
 
   async function open() {
-    const query = { lastEventId };
+    // start_event: the gateway names the stream's starting position in a `:start` event, so that a connection the
+    // helper must make again before any event has arrived still resumes from there.
+    const query = { lastEventId, start_event: "1" };
     try {
       if (options.token) query.access_token = await credential(options.token);
       if (options.ticket) query.ticket = await credential(options.ticket, channels);
@@ -118,6 +120,9 @@ export function subscribe(options, callbacks = {}) {
     source = opened;
     const own = (listener) => (event) => source === opened && listener(event);
     for (const name of eventNames(channels, types)) opened.addEventListener(name, own(dispatch));
+    opened.addEventListener(":start", own((event) => {
+      if (event.lastEventId) lastEventId = event.lastEventId;
+    }));
     opened.addEventListener("open", own(() => {
       fresh = false;
       setState("live");

@@ -90,7 +90,8 @@ def stream_for(state: Any, scope: Scope, path_channel: str | None, ticket: Grant
     expires_at = None
     if state.auth.enabled:
         expires_at = state.auth.for_subscribe(HTTPConnection(scope), channels, ticket).expires_at
-    return EventStream(state.hub, channels, cursor, settings, expires_at=expires_at)
+    start_event = _last(query, "start_event") not in (None, "", "0", "false")
+    return EventStream(state.hub, channels, cursor, settings, expires_at=expires_at, start_event=start_event)
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

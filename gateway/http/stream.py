@@ -30,7 +30,7 @@ from gateway.fanout.stepping import Watch
 from gateway.fanout.subscriber import Subscriber
 from gateway.fanout.writer import writer_for
 from gateway.metrics import OPEN_STREAMS, REFUSED, REPLAYS, STREAMS_CLOSED
-from gateway.sse import encode_comment, encode_retry
+from gateway.sse import START_EVENT, encode_comment, encode_retry
 
 log = logging.getLogger("gateway.http.stream")
 
@@ -61,7 +61,7 @@ class EventStream:
     """
 
     __slots__ = (
-        "hub", "channels", "cursor", "settings", "expires_at",
+        "hub", "channels", "cursor", "settings", "expires_at", "start_event",
         "_subscriber", "_opening", "_opened", "_client", "_send",
     )  # fmt: skip
 
@@ -73,12 +73,14 @@ class EventStream:
         settings: Settings,
         *,
         expires_at: float | None = None,
+        start_event: bool = False,
     ) -> None:
         self.hub = hub
         self.channels = channels
         self.cursor = cursor
         self.settings = settings
         self.expires_at = expires_at
+        self.start_event = start_event
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         settings = self.settings
@@ -175,8 +177,12 @@ class EventStream:
         opening = encode_comment("connected") + encode_retry(self.settings.retry_ms)
         if positions is not None:
             subscriber.start_at(positions)
-            # The id tells a client that receives no event before it drops where to resume from.
-            opening = opening[:-1] + f"id: {subscriber.last_event_id}\n\n".encode()
+            # The id tells a client that receives no event before it drops where to resume from; a script sees it
+            # only in an event.
+            start = f"id: {subscriber.last_event_id}\n"
+            if self.start_event:
+                start += f"event: {START_EVENT}\ndata:\n"
+            opening = opening[:-1] + (start + "\n").encode()
         return opening
 
     async def _replay(self) -> None:

@@ -31,6 +31,22 @@ async def test_stream_sends_headers_first_comment_and_retry_at_once(gateway, cha
         assert raw.startswith(b": connected\n")
 
 
+@pytest.mark.parametrize("channels", [["one"], ["one", "two"]])
+async def test_a_stream_asked_for_its_start_event_names_its_starting_id_in_an_event_first(gateway, channel, channels):
+    names = [f"{channel}-{suffix}" for suffix in channels]
+    url = f"{gateway.url}/events"
+    async with open_stream(url, channel=names, start_event="1") as stream:
+        start = await stream.next_event()
+        live = await publish(gateway.url, names[0], "live")
+        event = await stream.next_event()
+    assert (start.event, start.data) == (":start", "")
+    assert start.id and start.id != live  # the position the stream starts from, which a script can resume from
+    assert (event.id if len(names) == 1 else event.event, event.data) == (live if len(names) == 1 else names[0], "live")
+    async with open_stream(url, channel=names) as stream:
+        raw = await stream.read_raw_until(b"\n\n", timeout=5)  # the opening lines, which end in the start's id
+    assert b"\nid: " in raw and b"event:" not in raw, "only when asked for"
+
+
 async def test_stream_sends_heartbeat_comments_when_quiet(gateway, channel):
     async with open_stream(f"{gateway.url}/events/{channel}") as stream:
         # The test gateway beats every second: two beats in a row, after the opening lines.
@@ -81,7 +97,7 @@ async def test_injection_in_data_cannot_forge_fields(gateway, channel, payload):
     assert stream.parser.retry == 200  # the forged retry line stayed data
 
 
-@pytest.mark.parametrize("event_type", ["a\rb", "a\nb", "a\r\nb", "a\x00b", "", "x" * 129, "gap"])
+@pytest.mark.parametrize("event_type", ["a\rb", "a\nb", "a\r\nb", "a\x00b", "", "x" * 129, "gap", ":start"])
 def test_publish_rejects_event_type_that_could_break_framing(gateway, channel, event_type):
     response = httpx.post(f"{gateway.url}/publish/{channel}", content="x", params={"event": event_type})
     assert response.status_code == 400
