@@ -152,7 +152,9 @@ def test_events_of_several_channels_over_one_event_source_arrive_with_their_chan
     newest = {name: parse_stream_id(i) for name, _, _, i in published}
     assert parse_cursor(events[-1]["id"], channel_set([a, b])) == newest, "the id is the stream's cursor"
     assert page.evaluate("window.feeds.main.handle.lastEventId") == events[-1]["id"]
-    assert page.evaluate("window.sources.map(s => s.url)") == [f"{gateway.url}/events?channel={a}&channel={b}&start_event=1"]
+    assert page.evaluate("window.sources.map(s => s.url)") == [
+        f"{gateway.url}/events?channel={a}&channel={b}&start_event=1"
+    ]
 
 
 def test_a_single_channel_is_streamed_from_its_path_and_its_types_arrive_by_name(page, gateway, channel):
