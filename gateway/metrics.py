@@ -61,6 +61,11 @@ RESUBSCRIPTIONS = Counter(
 MISSED_LIVE = Counter(
     "sse_missed_live_total", "Live messages found missing by the previous id of the next one, then read from the buffer"
 )
+RAW_MESSAGES_DROPPED = Counter(
+    "sse_raw_messages_dropped_total",
+    "Messages of bare Redis channels (SSE_GATEWAY_RAW_CHANNELS) dropped, by reason (too_large: over max_body_bytes)",
+    ["reason"],
+)
 REDIS_RECONNECTS = Counter("sse_redis_reconnects_total", "Times the Pub/Sub connection to Redis was lost or refused")
 PUBLISHES = Counter("sse_publishes_total", "Publish requests, by outcome", ["outcome"])
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)

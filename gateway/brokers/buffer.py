@@ -18,7 +18,7 @@ from gateway.brokers.envelope import encode_pubsub, from_stream_entry
 from gateway.brokers.naming import Naming
 from gateway.brokers.pipeline import Coalescer
 from gateway.brokers.protocol import BACKLOG_PAGE
-from gateway.config import Settings
+from gateway.config import Settings, split_list
 from gateway.cursor import MAX_STREAM_ID, ZERO, StreamId, format_stream_id, parse_stream_id
 from gateway.errors import BadRequest, GatewayError, RedisUnavailable
 from gateway.events import Event
@@ -42,7 +42,7 @@ class RedisBuffer:
 
     def __init__(self, client: Any, settings: Settings, *, publish_command: str = "PUBLISH") -> None:
         self.client = client
-        self.naming = Naming(settings.key_prefix)
+        self.naming = Naming(settings.key_prefix, split_list(settings.raw_channels))
         self._maxlen = settings.buffer_maxlen
         self._max_age_ms = int(settings.buffer_max_age * 1000)
         self._idle_ttl_ms = int(settings.buffer_idle_ttl * 1000)

@@ -24,6 +24,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import MovedError
 
+from gateway.brokers.bare import BareMessages
 from gateway.brokers.buffer import PUBLISH_SCRIPT, RedisBuffer
 from gateway.brokers.connections import REDIS_FAILURES, connect, without_maintenance_notifications
 from gateway.brokers.protocol import OnCatchUp, OnEvent
@@ -69,6 +70,7 @@ class ClusterBroker(RedisBuffer):
         self._tasks: set[asyncio.Task[None]] = set()
         self._retired: set[Upstream] = set()  # upstreams of nodes no longer needed, while they stop
         self._unowned = False  # a subscribed channel's slot had no reachable primary at the last check
+        self._bare = BareMessages(settings.max_body_bytes)
 
     async def start(self, on_event: OnEvent, on_catch_up: OnCatchUp) -> None:
         self._on_event, self._on_catch_up = on_event, on_catch_up
@@ -182,6 +184,7 @@ class ClusterBroker(RedisBuffer):
                 sharded=True,
                 live_in_order=not self.replicas,
                 on_trouble=self._trouble,
+                bare=self._bare,
             )
             self._upstreams[node.name] = upstream
             CLUSTER_NODE_UP.labels(node.name).set(0)

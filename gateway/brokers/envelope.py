@@ -6,7 +6,8 @@ The publish script (publish.lua) appends an entry with fields ``p`` (the id befo
     \\x00sse2\\n<stream id>\\n<previous id or empty>\\n<event type or empty>\\n<data>
 
 ``sse1`` envelopes (no previous id), from earlier gateways, are still read. Any other Pub/Sub payload is a plain
-``PUBLISH`` from another program: it is streamed as data with no id, since it is not in the replay buffer.
+``PUBLISH`` from another program: it is streamed as data with no id, since it is not in the replay buffer. On a bare
+channel (gateway.brokers.bare) every payload is such data, an envelope too: no other program can give an event an id.
 
 Nothing read from Redis can break a stream: bytes that are not UTF-8 are replaced.
 """
@@ -52,6 +53,11 @@ def decode_pubsub(channel: str, payload: bytes) -> Event | None:
         log.warning("skipped a damaged envelope on channel %s", channel)
         return None
     return Event(channel, stream_id, _text(event_type) or None, _text(data), previous)
+
+
+def decode_bare(channel: str, payload: bytes) -> Event:
+    """An Event from a bare channel's payload: data only, whatever it holds; never an envelope, which forges an id."""
+    return Event(channel, None, None, _text(payload))
 
 
 def from_stream_entry(channel: str, entry: Entry) -> Event:

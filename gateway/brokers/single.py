@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 
+from gateway.brokers.bare import BareMessages
 from gateway.brokers.buffer import PUBLISH_SCRIPT, RedisBuffer
 from gateway.brokers.connections import REDIS_FAILURES, connect
 from gateway.brokers.protocol import OnCatchUp, OnEvent
@@ -23,9 +24,12 @@ class SingleNodeBroker(RedisBuffer):
         self.url = settings.redis_url
         super().__init__(connect(self.url), settings)
         self.upstream: Upstream | None = None
+        self.bare = BareMessages(settings.max_body_bytes)
 
     async def start(self, on_event: OnEvent, on_catch_up: OnCatchUp) -> None:
-        self.upstream = Upstream(self.url, self.naming, on_event, on_catch_up, live_in_order=not self.replicas)
+        self.upstream = Upstream(
+            self.url, self.naming, on_event, on_catch_up, live_in_order=not self.replicas, bare=self.bare
+        )
         await self.upstream.start()
 
     def subscribe(self, channel: str) -> asyncio.Event:

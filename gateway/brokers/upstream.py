@@ -17,6 +17,11 @@ up from its buffer as soon as the new node confirms it.
 
 A channel is unsubscribed a moment after its last local subscriber leaves, and only once Redis has confirmed its
 subscription: so a SUBSCRIBE confirmation can never be mistaken for a later one of the same channel.
+
+A raw channel (SSE_GATEWAY_RAW_CHANNELS) is also heard on its bare name, where other programs PUBLISH: that name is
+subscribed and unsubscribed with the channel's own, on the same connection (with a classic SUBSCRIBE on a cluster
+too: a classic PUBLISH reaches every node), and the channel counts as confirmed once both are. What comes on it is
+data only, with no id (gateway.brokers.bare).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from redis.crc import key_slot
 from redis.exceptions import MovedError, RedisError
 from redis.retry import Retry
 
+from gateway.brokers.bare import BareMessages
 from gateway.brokers.connections import tcp_options
 from gateway.brokers.envelope import decode_pubsub
 from gateway.brokers.naming import Naming
@@ -54,12 +60,14 @@ YIELD_EVERY = 64
 
 
 class _Channel:
-    __slots__ = ("refcount", "sent", "confirmed", "heard", "behind")
+    __slots__ = ("refcount", "sent", "confirmed", "awaiting", "heard", "behind", "bare")
 
-    def __init__(self) -> None:
+    def __init__(self, bare: str | None = None) -> None:
         self.refcount = 0
         self.sent = False  # SUBSCRIBE sent on the current connection
-        self.confirmed = asyncio.Event()  # Redis confirmed it on the current connection
+        self.confirmed = asyncio.Event()  # Redis confirmed it on the current connection, its bare name too
+        self.awaiting: set[str] = set()  # the Pub/Sub names whose SUBSCRIBE Redis has not confirmed yet
+        self.bare = bare  # the bare Redis channel heard for it as well (a raw channel), or None
         self.heard: StreamId | None = None  # the last buffered id heard live on the current connection
         self.behind = False  # live messages may have been missed: catch up once Redis confirms the subscription
 
@@ -87,6 +95,7 @@ class Upstream:
         sharded: bool = False,
         live_in_order: bool = True,
         on_trouble: Callable[[str | None], None] | None = None,
+        bare: BareMessages | None = None,
     ) -> None:
         # Its own client with no retries inside redis-py: every failure must reach the loop below, which alone
         # knows that a catch-up read is needed after the reconnect.
@@ -100,7 +109,8 @@ class Upstream:
         self._live_in_order = live_in_order
         # Called with a channel the node unsubscribed by itself, or None when the connection failed.
         self._on_trouble = on_trouble
-        self._message_kind, self._confirm_kind = ("smessage", "ssubscribe") if sharded else ("message", "subscribe")
+        # What bare channels' messages become; without it no bare channel is heard.
+        self._bare = bare
         self._channels: dict[str, _Channel] = {}
         self._pubsub: aioredis.client.PubSub | None = None  # set only while the connection is usable
         self._session_pubsub: aioredis.client.PubSub | None = None  # the current session's, usable or not
@@ -131,7 +141,8 @@ class Upstream:
         """Count one more local subscriber; returns the event set once Redis has confirmed the subscription."""
         state = self._channels.get(channel)
         if state is None:
-            state = self._channels[channel] = _Channel()
+            bare = None if self._bare is None else self._naming.bare_channel(channel)
+            state = self._channels[channel] = _Channel(bare)
         state.refcount += 1
         if not state.sent and self._pubsub is not None:
             self._send(state, channel)
@@ -158,9 +169,14 @@ class Upstream:
 
     def release(self, channel: str) -> _Channel | None:
         """Give up a channel whose slot another node serves now, for ``adopt`` there; nothing is sent to this node,
-        which no longer serves it (it unsubscribed its subscribers when the slot left).
+        which no longer serves it (it unsubscribed its subscribers when the slot left), but for its bare name.
         """
-        return self._channels.pop(channel, None)
+        state = self._channels.pop(channel, None)
+        if state is not None and state.bare is not None and self._pubsub is not None:
+            # A node drops only shard subscriptions when a slot leaves it: the bare one goes with the channel to its
+            # new node, and must not stay here too. Until Redis has it, what comes on it here is dropped (not held).
+            self._spawn(self._pubsub.unsubscribe(state.bare))
+        return state
 
     def adopt(self, channel: str, state: _Channel) -> None:
         """Take over a channel from another node's upstream: subscribe, and catch up once confirmed."""
@@ -179,13 +195,23 @@ class Upstream:
             self._send(state, channel)
 
     def _send(self, state: _Channel, channel: str, command: str = "subscribe") -> None:
-        assert self._pubsub is not None
-        state.sent = command == "subscribe"
+        pubsub = self._pubsub
+        assert pubsub is not None
+        subscribing = command == "subscribe"
+        state.sent = subscribing
+        own, bare = self._naming.pubsub_channel(channel), state.bare
+        if subscribing:
+            state.awaiting = {own} if bare is None else {own, bare}
         if self._sharded:
-            method = self._pubsub.ssubscribe if command == "subscribe" else self._pubsub.sunsubscribe
+            self._spawn(pubsub.ssubscribe(own) if subscribing else pubsub.sunsubscribe(own))
+            if bare is not None:  # classic, not sharded: a bare PUBLISH is broadcast to every node
+                self._spawn(pubsub.subscribe(bare) if subscribing else pubsub.unsubscribe(bare))
         else:
-            method = self._pubsub.subscribe if command == "subscribe" else self._pubsub.unsubscribe
-        task = asyncio.create_task(self._quietly(method(self._naming.pubsub_channel(channel))))
+            names = (own,) if bare is None else (own, bare)
+            self._spawn(pubsub.subscribe(*names) if subscribing else pubsub.unsubscribe(*names))
+
+    def _spawn(self, command: Awaitable[object]) -> None:
+        task = asyncio.create_task(self._quietly(command))
         self._sends.add(task)
         task.add_done_callback(self._sends.discard)
 
@@ -242,13 +268,19 @@ class Upstream:
                 if state.refcount <= 0:
                     del self._channels[channel]
             wanted = self.channels
-            for state in self._channels.values():
+            for channel, state in self._channels.items():
                 state.sent = True
+                own = self._naming.pubsub_channel(channel)
+                state.awaiting = {own} if state.bare is None else {own, state.bare}
             if wanted and self._sharded:
                 for channel in wanted:  # one per command: channels of different slots cannot share one
                     await pubsub.ssubscribe(self._naming.pubsub_channel(channel))
             elif wanted:
                 await pubsub.subscribe(*(self._naming.pubsub_channel(c) for c in wanted))
+            # Read again after the awaits above: a channel a cluster handed to another node meanwhile is not held.
+            bare = [state.bare for state in self._channels.values() if state.sent and state.bare is not None]
+            if bare:
+                await pubsub.subscribe(*bare)
             self._pubsub = pubsub
             self.connected.set()
             for channel, state in self._channels.items():  # asked for while the subscriptions above were sent
@@ -287,9 +319,12 @@ class Upstream:
                 # only when it turns: under a burst (a batch publish) clients would be evicted for a full queue.
                 await asyncio.sleep(0)
             kind = message["type"]
-            if kind == self._message_kind:
-                channel = self._naming.channel_of(message["channel"].decode())
-                if channel is not None and (event := decode_pubsub(channel, message["data"])) is not None:
+            if kind == "smessage" or kind == "message":
+                name = message["channel"].decode()
+                channel = self._naming.channel_of(name)
+                if channel is None:
+                    self._bare_message(name, message["data"])
+                elif (event := decode_pubsub(channel, message["data"])) is not None:
                     MESSAGES_IN.inc()
                     state = self._channels.get(channel)
                     if state is not None:
@@ -302,17 +337,23 @@ class Upstream:
                         elif first and not self._live_in_order and event.stream_id is not None:
                             await self._catch_up(channel, event.stream_id)  # it may have overtaken older ones
                     self._on_event(event)
-            elif kind == self._confirm_kind:
-                channel = self._naming.channel_of(message["channel"].decode())
+            elif kind == "ssubscribe" or kind == "subscribe":
+                name = message["channel"].decode()
+                channel = self._naming.channel_of(name)
+                bare = channel is None
+                if bare:
+                    channel = self._naming.channel_of_bare(name)
                 state = self._channels.get(channel or "")
-                if state is None or channel is None:
+                if state is None or channel is None or (bare and state.bare != name):
                     continue
-                if state.behind:
+                state.awaiting.discard(name)
+                if not bare and state.behind:
                     # Live again: fill what Pub/Sub dropped while the connection was down, before reading on, so
                     # that the channel's events still reach subscribers in order.
                     state.behind = False
                     await self._catch_up(channel, None)
-                state.confirmed.set()
+                if not state.awaiting:
+                    state.confirmed.set()
             elif kind == "sunsubscribe":
                 channel = self._naming.channel_of(message["channel"].decode())
                 state = self._channels.get(channel or "")
@@ -322,6 +363,18 @@ class Upstream:
                     state.sent, state.behind = False, True
                     if self._on_trouble is not None:
                         self._on_trouble(channel)
+
+    def _bare_message(self, name: str, payload: bytes) -> None:
+        """A message of a bare channel: streamed as data if this upstream holds its raw channel, else dropped."""
+        channel = self._naming.channel_of_bare(name)
+        state = self._channels.get(channel or "")
+        # Only the upstream holding the channel passes its bare messages on: after a cluster handed the channel to
+        # another node, the old node's copy of a message (a bare PUBLISH reaches every node) is not delivered twice.
+        if channel is None or state is None or state.bare != name or self._bare is None:
+            return
+        if (event := self._bare.event(channel, payload)) is not None:
+            MESSAGES_IN.inc()
+            self._on_event(event)
 
     def _moved(self, slot: int) -> None:
         for channel, state in self._channels.items():

@@ -71,7 +71,7 @@ class Hub:
     def deliver(self, event: Event) -> None:
         # Synchronous, and offer() never touches the set, so it cannot change under the loop.
         self.recent.add(event)
-        if self.backlog.reading:
+        if self.backlog.reading and event.stream_id is not None:  # an event with no id is in no backlog read
             self.backlog.overtaken(event.channel)
         for subscriber in self._subscribers.get(event.channel, ()):
             subscriber.offer(event)

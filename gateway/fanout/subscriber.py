@@ -275,18 +275,20 @@ class Subscriber:
         if self.oldest_arrival is None:
             self.oldest_arrival = event.arrived
         stream_id = event.stream_id
-        if stream_id is None:  # a plain PUBLISH: not in the buffer, no id, nothing to deduplicate
-            self._push(event.multi_body if self.multi else event.frame, bounded)
-            return
         channel = event.channel
-        if stream_id <= self.positions[channel]:
+        if stream_id is None:  # a plain PUBLISH, or a bare channel's message: not in the buffer, nothing to deduplicate
+            # Conflated like any other: replacing a frame with an id only leaves the client's resume point behind,
+            # and a resume from there replays what it never got.
+            frame = event.multi_body if self.multi else event.frame
+        elif stream_id <= self.positions[channel]:
             return
-        self.positions[channel] = stream_id
-        if self.multi:
-            self._encoded[channel] = format_position(stream_id)
-            frame = b"id: " + self.last_event_id.encode() + b"\n" + event.multi_body
         else:
-            frame = event.frame
+            self.positions[channel] = stream_id
+            if self.multi:
+                self._encoded[channel] = format_position(stream_id)
+                frame = b"id: " + self.last_event_id.encode() + b"\n" + event.multi_body
+            else:
+                frame = event.frame
         if not self._conflate or channel not in self._conflate:
             self._push(frame, bounded)
             return

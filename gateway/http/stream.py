@@ -11,7 +11,6 @@ subscriber is closed.
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import functools
 import logging
 import random
@@ -21,6 +20,7 @@ from typing import Any, TypeVar
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.brokers.naming import channel_matches
 from gateway.config import Settings, split_list
 from gateway.cursor import StreamId
 from gateway.errors import RedisUnavailable
@@ -279,7 +279,7 @@ class StreamHost:
 @functools.lru_cache(maxsize=4096)
 def _conflated(patterns: str, channel: str) -> bool:
     """Whether the channel is one of the conflated globs: matched once per channel, not once per connection."""
-    return any(fnmatch.fnmatchcase(channel, pattern) for pattern in split_list(patterns))
+    return channel_matches(channel, split_list(patterns))
 
 
 async def _unless_closed(subscriber: Subscriber, work: Awaitable[T]) -> T | None:

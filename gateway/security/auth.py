@@ -11,7 +11,6 @@ Each algorithm family needs its own kind of key, so an RSA public key can never 
 
 from __future__ import annotations
 
-import fnmatch
 import functools
 import hmac
 import ipaddress
@@ -27,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from starlette.requests import HTTPConnection
 
+from gateway.brokers.naming import channel_matches
 from gateway.config import Settings, split_list
 from gateway.errors import Forbidden, Unauthorized
 
@@ -48,10 +48,10 @@ class Grant:
     expires_at: float | None = None
 
     def may_subscribe(self, channel: str) -> bool:
-        return _matches(channel, self.subscribe)
+        return channel_matches(channel, self.subscribe)
 
     def may_publish(self, channel: str) -> bool:
-        return _matches(channel, self.publish)
+        return channel_matches(channel, self.publish)
 
 
 OPEN = Grant(subscribe=("*",), publish=("*",))
@@ -78,7 +78,7 @@ class Authenticator:
             return OPEN
         token = None if ticket else self._token(connection)
         grant = ticket or (self._verify(token) if token else Grant(subscribe=self.public))
-        refused = [c for c in channels if not (grant.may_subscribe(c) or _matches(c, self.public))]
+        refused = [c for c in channels if not (grant.may_subscribe(c) or channel_matches(c, self.public))]
         if refused and ticket is None and token is None:
             raise Unauthorized(f"a token is needed to subscribe to {', '.join(refused)}")
         if refused:
@@ -195,10 +195,6 @@ def auth_enabled(settings: Settings) -> bool:
         f"the gateway would listen on {settings.host} with no JWT key or API key configured: set "
         "SSE_GATEWAY_JWT_SECRET (or a public key, JWKS file or API key), or SSE_GATEWAY_AUTH=off to run it open"
     )
-
-
-def _matches(channel: str, patterns: Iterable[str]) -> bool:
-    return any(fnmatch.fnmatchcase(channel, pattern) for pattern in patterns)
 
 
 def _patterns(value: object) -> tuple[str, ...]:

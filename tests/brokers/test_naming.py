@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from gateway.brokers.naming import Naming, validate_channel
+from gateway.brokers.naming import Naming, channel_matches, validate_channel
 from gateway.errors import BadRequest
 
 
@@ -79,3 +79,52 @@ def test_channel_of_refuses_names_that_are_not_ours(pubsub_channel: str) -> None
 def test_channels_of_two_prefixes_do_not_mix() -> None:
     assert Naming("a:").channel_of(Naming("b:").pubsub_channel("x")) is None
     assert Naming("a:").stream_key("x") != Naming("b:").stream_key("x")
+
+
+@pytest.mark.parametrize(
+    ("channel", "globs", "matches"),
+    [
+        ("stocks", ("stocks",), True),
+        ("stocks", ("news.*", "stocks"), True),
+        ("news.eu", ("news.*",), True),
+        ("news", ("news.*",), False),
+        ("Stocks", ("stocks",), False),  # case-sensitive
+        ("stocks2", ("stocks",), False),  # the whole name
+        ("a1", ("a?",), True),
+        ("ab", ("a[0-9]",), False),
+        ("anything", ("*",), True),
+        ("stocks", (), False),
+    ],
+)
+def test_channel_globs_match_case_sensitively_and_whole_names(channel: str, globs: tuple, matches: bool) -> None:
+    assert channel_matches(channel, globs) is matches
+
+
+def test_a_raw_channel_has_its_own_name_as_bare_channel_and_others_have_none() -> None:
+    naming = Naming("sse:", ("stocks", "news.*"))
+    assert naming.bare_channel("stocks") == "stocks"
+    assert naming.bare_channel("news.eu") == "news.eu"
+    assert naming.bare_channel("weather") is None
+    assert naming.channel_of_bare("news.eu") == "news.eu"
+    assert naming.channel_of_bare("weather") is None
+    assert Naming("sse:").bare_channel("stocks") is None
+
+
+@pytest.mark.parametrize("name", ["{stocks}", "sse:{stocks}", "gap", "a:b", "", "x" * 65, "é"])
+def test_only_a_valid_channel_name_has_a_bare_channel_whatever_the_globs(name: str) -> None:
+    naming = Naming("sse:", ("*",))
+    assert naming.bare_channel(name) is None
+    assert naming.channel_of_bare(name) is None
+
+
+@pytest.mark.parametrize("prefix", ["", "sse:", "{", "}", "a{b}:", "x:y:"])
+def test_a_bare_channel_is_never_one_of_the_gateways_own_for_any_prefix(prefix: str) -> None:
+    # Else a message could be heard twice, or a bare one read as an envelope with an id.
+    naming = Naming(prefix, ("*",))
+    channels = ["stocks", "a", "x" * 64, "a.b-c_1", "sse", "buffer"]
+    own = {naming.pubsub_channel(c) for c in channels} | {naming.stream_key(c) for c in channels}
+    for channel in channels:
+        bare = naming.bare_channel(channel)
+        assert bare == channel and bare not in own
+        assert naming.channel_of(bare) is None, "a bare message is never taken for one of the gateway's channel"
+        assert naming.channel_of_bare(naming.pubsub_channel(channel)) is None

@@ -318,6 +318,26 @@ def test_conflation_on_a_multi_channel_stream_keeps_cursors_growing_on_the_wire(
     assert cursors[-1] == {"news": (4, 0), "prices": (3, 0)}
 
 
+def test_messages_without_an_id_of_a_conflated_channel_are_conflated_like_any_other() -> None:
+    # A bare channel's messages (a plain PUBLISH from another program) carry no id; a slow client keeps the newest.
+    subscriber = _conflating(["prices"], ["prices"], max_events=3)
+    subscriber.offer(ev("prices", 1, data="p1"))
+    for n in range(500):
+        subscriber.offer(Event("prices", None, None, f"bare {n}"))
+    assert subscriber.close_reason is None and subscriber.queued == 1
+    assert SSEParser().feed(subscriber.take()) == [ServerSentEvent(data="bare 499")]
+    subscriber.offer(Event("prices", None, None, "bare"))
+    subscriber.offer(ev("prices", 2, data="p2"))
+    assert SSEParser().feed(subscriber.take()) == [ServerSentEvent(data="p2", id="2-0")]
+
+
+def test_messages_without_an_id_of_a_channel_not_conflated_are_all_kept() -> None:
+    subscriber = _conflating(["news", "prices"], ["prices"])
+    for n in range(3):
+        subscriber.offer(Event("news", None, None, f"bare {n}"))
+    assert [(e.event, e.data) for e in SSEParser().feed(subscriber.take())] == [("news", f"bare {n}") for n in range(3)]
+
+
 def test_replaced_frames_are_compacted_away() -> None:
     subscriber = _conflating(["a", "b"], ["a"])
     for ms in range(1, 200):
