@@ -101,7 +101,7 @@ class Counter:
                 chunk = await reader.read(65536)
                 if not chunk:
                     return
-                if b"retry:" in chunk and not ready.is_set():
+                if b"\nretry:" in chunk and not ready.is_set():  # the body's line, not the X-SSE-Retry header
                     opened.append(1)
                     self.delivered -= 1  # the opening frame's id line is not an event
                 data = carry + chunk

@@ -108,6 +108,7 @@ class Settings:
     jwt_jwks_file: str | None = setting(None, "JWKS file for RS256/ES256 keys, picked by kid")
     jwt_audience: str | None = setting(None, "required aud of tokens")
     api_keys: str = setting("", "comma-separated keys that may publish (X-API-Key)")
+    ticket_api_keys: str = setting("", "comma-separated keys that may make stream tickets for any channel (X-API-Key)")
     public_channels: str = setting("", "comma-separated globs anyone may subscribe to")
     auth_cookie: str = setting("sse_token", "the cookie a token may come in")
     # A stream ticket (POST /tickets) stands in for a credential in a stream's URL, for this long at most.

@@ -68,7 +68,7 @@ async def hold(port: int, connection: Connection, ready: asyncio.Event, stop: as
                 connection.ended = True
                 return
             buffer += chunk
-            if not ready.is_set() and b"retry:" in buffer:
+            if not ready.is_set() and b"\nretry:" in buffer:  # the body's line, not the X-SSE-Retry header
                 ready.set()
             # Data lines look like "data: seq=<n>"; chunk framing lines never start with "data: ".
             *lines, buffer = buffer.split(b"\n")

@@ -35,7 +35,7 @@ async def healthy_client(port: int, channel: str, latencies: list[float], ready:
             if not chunk:
                 return
             buffer += chunk
-            if not ready.is_set() and b"retry:" in buffer:
+            if not ready.is_set() and b"\nretry:" in buffer:  # the body's line, not the X-SSE-Retry header
                 ready.set()
             *lines, buffer = buffer.split(b"\n")
             now = time.time()

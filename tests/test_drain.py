@@ -171,7 +171,7 @@ async def test_sigterm_drains_1000_streams_with_jittered_retry_and_the_process_e
         async def open_one(i: int) -> RawStream:
             async with opening:
                 stream = await RawStream.open(gateway.port, f"/events/{channel}-{i % CHANNELS}")
-                await stream.read_until(b"retry:", timeout=30)
+                await stream.read_until(b"\nretry:", timeout=30)  # the body's line, not the X-SSE-Retry header
                 return stream
 
         async with asyncio.timeout(90):

@@ -9,8 +9,8 @@ let feed = null;
 let stats = null;
 
 function defaultBase() {
-  // Opened from file:// the origin is "null": fall back to the gateway's default address.
-  return location.protocol.startsWith("http") ? location.origin : "http://127.0.0.1:8000";
+  // A module script runs only from a served page (a browser refuses it from file://): the gateway that served it.
+  return location.origin;
 }
 
 function splitList(text) {

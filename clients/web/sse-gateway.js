@@ -154,7 +154,7 @@ export function subscribe(options, callbacks = {}) {
     if (status === 401 && refreshable && !fresh) {
       setState("retrying", { retryMs: 0, status });
       open();
-    } else if (status >= 400 && status < 500 && status !== 408 && status !== 429) {
+    } else if ((status >= 400 && status < 500 && status !== 408 && status !== 429) || notAStream(answer)) {
       end({ reason: "refused", status, error: answer.error });
     } else {
       retry({ status }); // a network error or a 5xx: try again after the gateway's retry time
@@ -236,13 +236,22 @@ async function probe(url, withCredentials, method = "GET") {
     const response = await fetch(url, { method, credentials, cache: "no-store", signal: abort.signal });
     const retry = response.headers.get("X-SSE-Retry") ?? "";
     const error = response.ok || method === "HEAD" ? null : parseJson(await response.text());
-    return { status: response.status, retryMs: /^\d+$/.test(retry) ? Number(retry) : null, error };
+    const type = response.headers.get("Content-Type") ?? "";
+    return { status: response.status, retryMs: /^\d+$/.test(retry) ? Number(retry) : null, error, type };
   } catch {
     return null; // a network error, a refused CORS check or the timeout
   } finally {
     clearTimeout(timeout);
     abort.abort();
   }
+}
+
+function notAStream(answer) {
+  // A 204 (SSE's "stop"), or a 2xx that is not an event stream (a wrong base URL answered by a page's own server):
+  // trying again would only get the same.
+  if (answer === null) return false;
+  const ok = answer.status >= 200 && answer.status < 300;
+  return answer.status === 204 || (ok && !answer.type.startsWith("text/event-stream"));
 }
 
 function parseJson(text) {

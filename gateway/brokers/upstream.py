@@ -229,8 +229,14 @@ class Upstream:
             asyncio.get_running_loop().call_later(UNSUBSCRIBE_DELAY, self._drop_if_idle, channel, state)
             return
         del self._channels[channel]
-        if state.sent and self._pubsub is not None:
+        if self._pubsub is None:
+            return
+        if state.sent:
             self._send(state, channel, "unsubscribe")
+        elif self._sharded and state.bare is not None:
+            # The node dropped the shard subscription by itself (its slot left), not the classic bare one, and the
+            # channel is gone before the topology check could release it.
+            self._spawn(self._pubsub.unsubscribe(state.bare))
 
     async def _run(self) -> None:
         backoff = BACKOFF_START

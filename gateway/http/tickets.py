@@ -26,7 +26,8 @@ async def create_ticket(request: Request) -> Response:
     state = request.app.state
     channels = _channels(await _body(request), state.settings.max_channels)
     credential_expires_at = state.auth.for_ticket(request, channels)
-    ticket = await state.tickets.issue(channels, credential_expires_at)
+    # With authentication off a stream ignores its ticket: none is written to Redis, for anyone to fill it with.
+    ticket = await state.tickets.issue(channels, credential_expires_at, keep=state.auth.enabled)
     return JSONLine(
         {"ticket": ticket.value, "channels": list(ticket.channels), "expires_in": round(ticket.expires_in, 3)},
         status_code=201,

@@ -64,6 +64,7 @@ class Authenticator:
         self.audience = settings.jwt_audience
         self.public = split_list(settings.public_channels)
         self._api_keys = [key.encode() for key in split_list(settings.api_keys)]
+        self._ticket_api_keys = [key.encode() for key in split_list(settings.ticket_api_keys)]
         self._secret = settings.jwt_secret
         self._public_key = _load_public_key(settings.jwt_public_key_file) if settings.jwt_public_key_file else None
         self._jwks = _load_jwks(settings.jwt_jwks_file) if settings.jwt_jwks_file else None
@@ -90,14 +91,20 @@ class Authenticator:
         """When the credential a stream ticket for ``channels`` is made from expires (None: never); raises 401/403
         as a stream of those channels would.
 
-        An API key, a server's own credential, may make a ticket for any channel: that is how a backend hands its
-        pages streams without giving them a token. A ticket cannot make another."""
+        A key of ``ticket_api_keys``, a backend's own credential, may make a ticket for any channel: that is how a
+        backend hands its pages streams without giving them a token. A publishing key may not: it never could read.
+        A ticket cannot make another, and public channels need none."""
         if not self.enabled:
             return None
         api_key = connection.headers.get("x-api-key")
         if api_key is not None:
-            self._check_api_key(api_key)
-            return None
+            if _listed(api_key, self._ticket_api_keys):
+                return None
+            if _listed(api_key, self._api_keys):
+                raise Forbidden("this API key may publish, not make stream tickets (see SSE_GATEWAY_TICKET_API_KEYS)")
+            raise Unauthorized("the API key is not valid")
+        if self._token(connection) is None:
+            raise Unauthorized("a stream ticket is made from a token (or an API key of SSE_GATEWAY_TICKET_API_KEYS)")
         return self.for_subscribe(connection, channels).expires_at
 
     def for_publish(self, connection: HTTPConnection, channel: str) -> None:
@@ -119,7 +126,7 @@ class Authenticator:
         return self._verify(token).may_publish
 
     def _check_api_key(self, api_key: str) -> None:
-        if not any(hmac.compare_digest(api_key.encode(), key) for key in self._api_keys):
+        if not _listed(api_key, self._api_keys):
             raise Unauthorized("the API key is not valid")
 
     def _token(self, connection: HTTPConnection) -> str | None:
@@ -176,7 +183,11 @@ def auth_enabled(settings: Settings) -> bool:
         log.warning("authentication is OFF (auth=off): anyone who can reach the gateway may subscribe and publish")
         return False
     configured = bool(
-        settings.jwt_secret or settings.jwt_public_key_file or settings.jwt_jwks_file or settings.api_keys
+        settings.jwt_secret
+        or settings.jwt_public_key_file
+        or settings.jwt_jwks_file
+        or settings.api_keys
+        or settings.ticket_api_keys
     )
     if settings.auth == "jwt" or configured:
         if not configured:
@@ -195,6 +206,10 @@ def auth_enabled(settings: Settings) -> bool:
         f"the gateway would listen on {settings.host} with no JWT key or API key configured: set "
         "SSE_GATEWAY_JWT_SECRET (or a public key, JWKS file or API key), or SSE_GATEWAY_AUTH=off to run it open"
     )
+
+
+def _listed(api_key: str, keys: list[bytes]) -> bool:
+    return any(hmac.compare_digest(api_key.encode(), key) for key in keys)
 
 
 def _patterns(value: object) -> tuple[str, ...]:

@@ -50,9 +50,11 @@ class Tickets:
         self.store = store
         self.ttl = ttl
 
-    async def issue(self, channels: Sequence[str], credential_expires_at: float | None) -> Ticket:
+    async def issue(self, channels: Sequence[str], credential_expires_at: float | None, *, keep: bool = True) -> Ticket:
         """A new ticket for ``channels``, which the caller has checked the credential allows. Raises Unauthorized
-        for a credential that has expired, RedisUnavailable when Redis fails."""
+        for a credential that has expired, RedisUnavailable when Redis fails.
+
+        ``keep``: False where no stream will ask for it (authentication off): nothing is written to Redis."""
         lifetime = self.ttl
         if credential_expires_at is not None:
             lifetime = min(lifetime, credential_expires_at - time.time())
@@ -60,7 +62,9 @@ class Tickets:
             raise Unauthorized("the token has expired")
         value = secrets.token_urlsafe(TICKET_BYTES)
         grant = {"channels": list(channels), "expires_at": credential_expires_at}
-        await self.store.keep_ticket(_digest(value), json.dumps(grant).encode(), max(1, math.floor(lifetime * 1000)))
+        if keep:
+            ttl_ms = max(1, math.floor(lifetime * 1000))
+            await self.store.keep_ticket(_digest(value), json.dumps(grant).encode(), ttl_ms)
         return Ticket(value, tuple(channels), lifetime)
 
     async def redeem(self, value: str) -> Grant:

@@ -301,7 +301,7 @@ async def test_a_stalled_client_of_a_conflated_raw_channel_gets_the_newest_bare_
     try:
         client = stalled_request(gateway.port, f"/events/{raw}")
         received = bytearray()
-        await asyncio.to_thread(recv_until, client, b"retry:", received)
+        await asyncio.to_thread(recv_until, client, b"\nretry:", received)
         await until_subscribed(redis_server, raw)
         bare_publish(redis_server, raw, "probe")
         await asyncio.to_thread(recv_until, client, b"data: probe\n\n", received)  # from here it reads nothing

@@ -61,7 +61,7 @@ async def test_stalled_client_is_evicted_while_others_get_everything_and_it_resu
     stalled = stalled_request(small_client_buffer_gateway.port, f"/events/{channel}")
     opening = bytearray()
     # Its starting position is fixed once its opening lines arrive; from then on it reads nothing.
-    await asyncio.to_thread(recv_until, stalled, b"retry:", opening)
+    await asyncio.to_thread(recv_until, stalled, b"\nretry:", opening)
     payloads = [f"{i:04d}:" + "x" * 16000 for i in range(400)]
     async with open_stream(f"{url}/events/{channel}") as healthy:
         await healthy.read_raw_until(b"retry:")
@@ -88,7 +88,7 @@ async def test_a_slow_reader_that_catches_up_gets_everything_and_stays_connected
     waited_before = _value(httpx.get(f"{gateway.url}/metrics").text, "sse_writes_waited_total")
     slow = stalled_request(gateway.port, f"/events/{channel}")
     raw = bytearray()
-    await asyncio.to_thread(recv_until, slow, b"retry:", raw)  # its stream is open, its position fixed
+    await asyncio.to_thread(recv_until, slow, b"\nretry:", raw)  # its stream is open, its position fixed
     # About 10 MB: more than the sockets hold (4 MB at most here), so writes must wait; less than the client buffer.
     ids = await publish_many(gateway.url, channel, [f"{i:04d}:" + "x" * 16000 for i in range(600)])
     waited = _value(httpx.get(f"{gateway.url}/metrics").text, "sse_writes_waited_total") - waited_before
@@ -184,7 +184,7 @@ async def test_a_stalled_client_of_a_conflated_channel_gets_the_newest_event_ins
     gateway, prices = conflating_gateway, f"{channel}-prices"
     client = stalled_request(gateway.port, f"/events/{prices}")
     raw = bytearray()
-    await asyncio.to_thread(recv_until, client, b"retry:", raw)
+    await asyncio.to_thread(recv_until, client, b"\nretry:", raw)
     probe = await publish(gateway.url, prices, "probe")
     await asyncio.to_thread(recv_until, client, b"data: probe\n\n", raw)  # live now; from here it reads nothing
     # About 10 MB, far more than the sockets hold and than its buffer of 16 events: a client that is not conflated

@@ -6,6 +6,7 @@ the rules of tickets themselves: their channels, their lifetime, their store, th
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import uuid
@@ -18,7 +19,12 @@ from gateway.security.tokens import mint
 from tests.auth_setup import NO_KEYS, SECRET, read_stream
 from tests.servers import GatewayProcess, RedisProcess, wait_until
 
-AUTH = {**NO_KEYS, "SSE_GATEWAY_JWT_SECRET": SECRET, "SSE_GATEWAY_API_KEYS": "backend-key"}
+AUTH = {
+    **NO_KEYS,
+    "SSE_GATEWAY_JWT_SECRET": SECRET,
+    "SSE_GATEWAY_API_KEYS": "publisher-key",
+    "SSE_GATEWAY_TICKET_API_KEYS": "backend-key",
+}
 
 
 @pytest.fixture(scope="module")
@@ -105,9 +111,12 @@ def test_a_ticket_for_channels_the_token_does_not_grant_is_refused_as_the_stream
     assert refusal(make_ticket(http, first, mine, **{"X-API-Key": "not-the-key"})) == (401, "unauthorized")
 
 
-def test_an_api_key_makes_tickets_for_any_channel_and_a_ticket_makes_none(gateways, http, redis_server):
+def test_a_ticket_key_makes_tickets_for_any_channel_a_publishing_key_none_and_a_ticket_none(
+    gateways, http, redis_server
+):
     first, _ = gateways
     channels = ["any-" + uuid.uuid4().hex[:8]]
+    assert refusal(make_ticket(http, first, channels, **{"X-API-Key": "publisher-key"})) == (403, "forbidden")
     made = make_ticket(http, first, channels, **{"X-API-Key": "backend-key"})
     assert made.status_code == 201, made.text
     ticket = made.json()["ticket"]
@@ -132,6 +141,19 @@ def test_a_ticket_never_outlives_its_token_and_its_stream_ends_when_the_token_wo
         # Keepalives come every second: only the gateway ending the stream at the token's expiry ends this loop.
         for _ in response.iter_raw():
             assert time.monotonic() < deadline, "the stream outlived the token it was made from"
+
+    def closing() -> list[str]:
+        return [line for line in first.log().splitlines() if "stream closed" in line and f"channels={channel} " in line]
+
+    wait_until(closing, what="the stream's closing line")
+    assert "reason=auth_expired" in closing()[0]
+
+
+def test_with_authentication_off_a_ticket_is_answered_and_nothing_is_written_to_redis(gateway, http, redis_server):
+    made = make_ticket(http, gateway, names(1))
+    assert made.status_code == 201, made.text
+    digest = hashlib.sha256(made.json()["ticket"].encode()).hexdigest()
+    assert redis_server.client().keys(f"*ticket:{digest}") == []
 
 
 def test_an_unknown_or_expired_ticket_is_a_401_that_says_so(redis_server, http):

@@ -42,9 +42,9 @@ const clock = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-d
 function gatewayBase(params) {
   const given = params.get("gateway");
   if (!given) {
-    // Served by the gateway at /demo/, the API is at the page's own origin. Opened from file:// the origin is
-    // "null": fall back to the gateway's default address.
-    return location.protocol.startsWith("http") ? location.origin : "http://127.0.0.1:8000";
+    // Served by the gateway at /demo/, the API is at the page's own origin (a module script runs only from a
+    // served page: a browser refuses it from file://).
+    return location.origin;
   }
   const url = new URL(given); // throws on anything that is not an absolute URL
   if (url.protocol !== "http:" && url.protocol !== "https:") throw new Error("not an http(s) URL");
