@@ -46,6 +46,31 @@ def gateway(redis_server: RedisProcess) -> Iterator[GatewayProcess]:
 
 
 @pytest.fixture
+def own_redis() -> Iterator[RedisProcess]:
+    """A Redis this test alone uses, so that it may pause, kill or restart it."""
+    server = RedisProcess().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_gateway(redis_server: RedisProcess) -> Iterator[GatewayProcess]:
+    """A gateway this test alone uses, so that it may kill or restart it."""
+    process = GatewayProcess(redis_server.url).start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def gateways_on() -> Iterator[list[GatewayProcess]]:
+    """Gateways a test starts as it goes (on a cluster, say), each stopped at its end."""
+    started: list[GatewayProcess] = []
+    yield started
+    for gateway in started:
+        gateway.stop()
+
+
+@pytest.fixture
 def channel() -> str:
     """A channel name no other test uses, so tests can share one Redis and one gateway."""
     return "t-" + uuid.uuid4().hex[:12]

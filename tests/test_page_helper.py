@@ -72,14 +72,6 @@ SUBSCRIBE = """async ([name, options]) => {
 }"""
 
 
-@pytest.fixture
-def own_gateway(redis_server: RedisProcess) -> Iterator[GatewayProcess]:
-    """A gateway this test alone uses, so it may kill it."""
-    process = GatewayProcess(redis_server.url).start()
-    yield process
-    process.stop()
-
-
 @pytest.fixture(scope="module")
 def trimming_gateway(redis_server: RedisProcess) -> Iterator[GatewayProcess]:
     process = GatewayProcess(redis_server.url, "--buffer-maxlen", "10", "--key-prefix", "helper:").start()

@@ -239,14 +239,6 @@ async def test_the_bare_subscription_is_shared_and_dropped_after_the_last_subscr
     client.close()
 
 
-@pytest.fixture
-def own_redis() -> Iterator[RedisProcess]:
-    """A Redis this test alone uses, so that it may kill it."""
-    server = RedisProcess().start()
-    yield server
-    server.stop()
-
-
 @pytest.mark.timeout(60)
 async def test_the_bare_subscription_comes_back_after_redis_restarts(own_redis, raw):
     gateway = GatewayProcess(own_redis.url, "--raw-channels", RAW_CHANNELS).start()

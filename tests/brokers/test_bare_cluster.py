@@ -50,19 +50,11 @@ def bare_publish(node: ClusterNode, name: str, payload: str) -> None:
         client.close()
 
 
-@pytest.fixture
-def gateways() -> Iterator[list[GatewayProcess]]:
-    started: list[GatewayProcess] = []
-    yield started
-    for gateway in started:
-        gateway.stop()
-
-
 @pytest.mark.parametrize("kind", ["redis_cluster", "valkey_cluster"])
-async def test_a_bare_publish_sent_to_any_node_reaches_the_stream_of_a_raw_channel_once(request, kind, gateways):
+async def test_a_bare_publish_sent_to_any_node_reaches_the_stream_of_a_raw_channel_once(request, kind, gateways_on):
     cluster: RedisClusterProcesses = request.getfixturevalue(kind)
     gateway = GatewayProcess(cluster.url, "--raw-channels", "r-*").start()
-    gateways.append(gateway)
+    gateways_on.append(gateway)
     raw = "r-" + uuid.uuid4().hex[:10]
     owner = cluster.owner_of(f"sse:{{{raw}}}")
     elsewhere = [node for node in cluster.running() if node.port != owner.port]
@@ -100,9 +92,9 @@ def on_same_primary(cluster: RedisClusterProcesses, raw: str) -> str:
 
 
 @pytest.mark.timeout(90)
-async def test_a_raw_channel_whose_slot_moves_takes_its_bare_subscription_along(own_cluster, gateways):
+async def test_a_raw_channel_whose_slot_moves_takes_its_bare_subscription_along(own_cluster, gateways_on):
     gateway = GatewayProcess(own_cluster.url, "--raw-channels", "r-*").start()
-    gateways.append(gateway)
+    gateways_on.append(gateway)
     moving = "r-" + uuid.uuid4().hex[:10]
     staying = on_same_primary(own_cluster, moving)  # keeps the old primary's connection open after the move
     source = own_cluster.owner_of(f"sse:{{{moving}}}")
@@ -137,10 +129,10 @@ async def test_a_raw_channel_whose_slot_moves_takes_its_bare_subscription_along(
 
 @pytest.mark.timeout(90)
 async def test_a_raw_channels_bare_subscription_follows_its_killed_primary_to_the_promoted_replica(
-    own_cluster, gateways
+    own_cluster, gateways_on
 ):
     gateway = GatewayProcess(own_cluster.url, "--raw-channels", "r-*").start()
-    gateways.append(gateway)
+    gateways_on.append(gateway)
     raw = "r-" + uuid.uuid4().hex[:10]
     key = f"sse:{{{raw}}}"
     async with open_stream(f"{gateway.url}/events/{raw}") as stream:

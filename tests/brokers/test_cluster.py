@@ -27,14 +27,6 @@ from tests.streams import open_stream, publish
 from tests.test_metrics import _value
 
 
-@pytest.fixture
-def gateways_on(request: pytest.FixtureRequest) -> Iterator[list[GatewayProcess]]:
-    started: list[GatewayProcess] = []
-    yield started
-    for gateway in started:
-        gateway.stop()
-
-
 @pytest.mark.parametrize("kind", ["redis_cluster", "valkey_cluster"])
 async def test_streams_on_every_primary_and_a_resume_through_another_gateway(request, kind, gateways_on):
     cluster: RedisClusterProcesses = request.getfixturevalue(kind)

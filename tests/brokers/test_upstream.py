@@ -277,14 +277,6 @@ def test_upstream_started_then_stopped_at_any_small_delay_stops_in_bounded_time_
     assert not slow, f"stops that took longer than {STOP_BOUND}s, by delay in ms: {slow}"
 
 
-@pytest.fixture
-def own_redis() -> Iterator[RedisProcess]:
-    """A Redis this test alone uses, so it may pause or break it."""
-    server = RedisProcess().start()
-    yield server
-    server.stop()
-
-
 @pytest.mark.timeout(60)
 async def test_redis_silent_past_the_limit_is_dropped_and_live_events_flow_again_once_it_answers(own_redis, channel):
     gateway = GatewayProcess(own_redis.url).start()

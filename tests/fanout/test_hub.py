@@ -18,14 +18,6 @@ from tests.streams import open_stream, publish
 
 
 @pytest.fixture
-def own_redis() -> Iterator[RedisProcess]:
-    """A Redis this test alone uses, so it may pause it."""
-    server = RedisProcess().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def own_gateway(own_redis: RedisProcess) -> Iterator[GatewayProcess]:
     process = GatewayProcess(own_redis.url).start()
     yield process
