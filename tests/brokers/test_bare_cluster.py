@@ -13,6 +13,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from gateway.brokers.bare import BareMessages
+from gateway.brokers.naming import Naming
+from gateway.brokers.upstream import Upstream
 from tests.brokers.test_bare import SENTINEL, until_sentinel
 from tests.clusters import ClusterNode, RedisClusterProcesses, kill_primary, migrate_slot
 from tests.servers import GatewayProcess, wait_until
@@ -147,3 +150,38 @@ async def test_a_raw_channels_bare_subscription_follows_its_killed_primary_to_th
         event = await stream.next_event(timeout=15)
         assert (event.data, event.id) == ("after the failover", "0-0")
         assert not stream.finished
+
+
+def shard_subscribers(node: ClusterNode, name: str) -> int:
+    client = node.client()
+    try:
+        return int(client.execute_command("PUBSUB", "SHARDNUMSUB", name)[1])
+    finally:
+        client.close()
+
+
+@pytest.mark.timeout(90)
+async def test_a_raw_channel_left_after_its_slot_moved_away_leaves_no_bare_subscription_behind(own_cluster):
+    # One upstream alone, with no topology check to release the channel: only the node's own SUNSUBSCRIBE (its slot
+    # left) and then the delayed unsubscribe once the last subscriber has gone.
+    raw = "r-" + uuid.uuid4().hex[:10]
+    own = f"sse:{{{raw}}}"
+    source = own_cluster.owner_of(own)
+    target = next(node for node in own_cluster.primaries() if node.port != source.port)
+    naming = Naming("sse:", ("r-*",))
+    upstream = Upstream(
+        f"redis://{source.address}", naming, lambda event: None, lambda channel, until: asyncio.sleep(0),
+        sharded=True, bare=BareMessages(1 << 20),
+    )  # fmt: skip
+    await upstream.start()
+    try:
+        await asyncio.wait_for(upstream.subscribe(raw).wait(), 10)
+        await held_by(own_cluster, raw, source)
+        await asyncio.to_thread(migrate_slot, own_cluster, own, target)
+        await asyncio.to_thread(wait_until, lambda: shard_subscribers(source, own) == 0, what="the node's SUNSUBSCRIBE")
+        upstream.unsubscribe(raw)
+        await asyncio.to_thread(
+            wait_until, lambda: subscribed_on(own_cluster, raw) == {}, what=f"{raw} unsubscribed everywhere", timeout=10
+        )
+    finally:
+        await upstream.stop()
