@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import signal
 import subprocess
 import tempfile
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import redis
 from redis.cluster import RedisCluster
 
-from tests.processes import Signalled
+from tests.processes import Signalled, stop_process
 from tests.servers import free_port, wait_until
 
 NODE_TIMEOUT_MS = 2000
@@ -116,14 +115,7 @@ class ClusterNode(Signalled):
         return self.client().info("replication")["role"]
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGCONT)
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
 
 class RedisClusterProcesses:

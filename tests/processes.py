@@ -27,6 +27,19 @@ class Signalled:
         self.process.send_signal(signal.SIGCONT)
 
 
+def stop_process(process: subprocess.Popen[bytes] | None, timeout: float = 10) -> None:
+    """Stop a server a test started, paused or not: SIGTERM, and SIGKILL if it has not gone within ``timeout``."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGCONT)
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def _stat_fields(pid: int | str) -> list[str]:
     # The command name in parentheses may hold spaces; the fields after it are fixed (state, then the parent's pid).
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
