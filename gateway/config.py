@@ -49,6 +49,9 @@ class Settings:
     publish_pipeline: bool = setting(
         True, "publishes that arrive while one is in Redis go together in one pipeline (off only to measure it)"
     )
+    publish_merge: bool = setting(
+        True, "those of one channel go as one script call in that pipeline (off only to measure it)"
+    )
     redis_cluster: str = setting(
         "auto",
         "Redis Cluster with sharded Pub/Sub: on, off, or auto (asks the node at start)",

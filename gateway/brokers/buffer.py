@@ -15,6 +15,7 @@ from redis.exceptions import AskError, MovedError, NoScriptError
 from gateway.brokers.batch import publish_many
 from gateway.brokers.connections import REDIS_FAILURES
 from gateway.brokers.envelope import encode_pubsub, from_stream_entry
+from gateway.brokers.merging import merge, split
 from gateway.brokers.naming import Naming
 from gateway.brokers.pipeline import Coalescer
 from gateway.brokers.protocol import BACKLOG_PAGE
@@ -51,6 +52,7 @@ class RedisBuffer:
         self.replicas = settings.publish_replicas
         self.replicas_timeout_ms = max(1, int(settings.publish_replicas_timeout * 1000))
         self._pipelined = settings.publish_pipeline
+        self._merged = settings.publish_merge
         self._coalescers: dict[str, Coalescer[ScriptCall]] = {}  # by node ("" on one Redis), see brokers.pipeline
 
     def script_limits(self, event_type: str | None, data: str) -> list[Any]:
@@ -95,9 +97,16 @@ class RedisBuffer:
         coalescer = self._coalescers.get(name)
         if coalescer is None:
             coalescer = self._coalescers[name] = Coalescer(
-                self._run_script_now, lambda calls: self.run_scripts_together(client, calls)
+                self._run_script_now, lambda calls: self._run_queued(client, calls)
             )
         return await coalescer.call((keys, args))
+
+    async def _run_queued(self, client: Any, calls: list[ScriptCall]) -> list[Any]:
+        """The publishes that queued for one round trip; those of one channel as one script call (brokers.merging)."""
+        if not self._merged:
+            return await self.run_scripts_together(client, calls)
+        merged = merge(calls)
+        return split(merged, await self.run_scripts_together(client, [call for call, _ in merged]), len(calls))
 
     async def run_scripts_together(self, client: Any, calls: list[ScriptCall]) -> list[Any]:
         """One pipeline for ``calls``, a result or an exception each, in order."""

@@ -32,10 +32,10 @@ import logging
 from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
 from redis.exceptions import MovedError, RedisError
-from redis.retry import Retry
 
 from gateway.brokers.bare import BareMessages
 from gateway.brokers.connections import tcp_options
