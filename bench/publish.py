@@ -4,6 +4,7 @@
     .venv/bin/python -m bench.publish --subscribers 0,1000,10000
     .venv/bin/python -m bench.publish --batched                # the gateway's batch publish as well
     .venv/bin/python -m bench.publish --gateway-env SSE_GATEWAY_PUBLISH_PIPELINE=0   # a switch off
+    .venv/bin/python -m bench.publish --variant unmerged:SSE_GATEWAY_PUBLISH_MERGE=0  # both, in the same rounds
 
 Single publishes: wrk with 16 keep-alive connections posting a 64-byte body to one channel for ``--seconds``, against
 one gateway process and one Nchan worker on the same Redis, logging off on both, rounds alternating. Each run reports
@@ -45,7 +46,7 @@ wrk.headers["Content-Type"] = "text/plain"
 def run_wrk(url: str, seconds: float, connections: int, script: Path) -> tuple[int, int]:
     """(requests answered 2xx, requests answered otherwise) over the run."""
     out = subprocess.run(
-        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "-s", str(script), url],
+        ["wrk", "-t2", f"-c{connections}", f"-d{seconds:g}s", "-s", str(script), url],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
@@ -167,6 +168,12 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=300, help="batch requests per run")
     parser.add_argument("--gateway-env", action="append", default=[], help="KEY=VALUE for the gateway (a switch)")
     parser.add_argument("--servers", default="gateway1,nchan1")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="LABEL:KEY=VALUE[,KEY=VALUE]: one more gateway1 with those settings, in the same rounds (an A/B)",
+    )
     args = parser.parse_args()
     extra_env = dict(item.split("=", 1) for item in args.gateway_env)
     workdir = Path(tempfile.mkdtemp(prefix="bench-publish-"))
@@ -174,6 +181,11 @@ def main() -> None:
     script.write_text(WRK_SCRIPT)
     redis = Redis(workdir)
     servers = [start(name, redis, workdir, extra_env) for name in args.servers.split(",")]
+    for variant in args.variant:
+        label, _, settings = variant.partition(":")
+        server = start("gateway1", redis, workdir, {**extra_env, **dict(s.split("=", 1) for s in settings.split(","))})
+        server.name = f"gateway1-{label}"
+        servers.append(server)
     results: list[dict] = []
     try:
         for subscribers in [int(n) for n in args.subscribers.split(",")]:

@@ -157,13 +157,14 @@ class ThreadedServer:
     app installs no signal handlers, so ``call_in_loop`` is how a test reaches it (``hub.drain`` as a signal would).
     """
 
-    def __init__(self, app, *, log_level: str = "warning") -> None:
+    def __init__(self, app, *, log_level: str = "warning", **options) -> None:
+        """``options``: more of uvicorn's settings (``access_log``, ``timeout_keep_alive``...)."""
         import threading
 
         import uvicorn
 
         self.port = free_port()
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, http="httptools", log_level=log_level)
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, http="httptools", log_level=log_level, **options)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

@@ -1,0 +1,79 @@
+"""A short JSON answer (a publish's 201) written to the socket in one piece.
+
+Through ASGI an answer is two messages, and uvicorn writes each at once: two ``send()`` system calls and two packets
+for a 60-byte answer, about a sixth of the gateway's CPU per publish in a profile. Under uvicorn's httptools
+protocol, with the connection in a state this module knows, the head and the body go in one ``transport.write``
+and the response is completed as uvicorn's own ``send`` completes it; anything else (another server, a wrapped
+``send`` such as the access log's or CORS's, a paused or closed connection) gets the two ASGI messages. As the
+stream writer (gateway.fanout.writer) does, this reads uvicorn's connection state, and pyproject.toml pins uvicorn
+below its next minor version.
+
+Measured by ``python -m bench.publish --rounds 3 --variant twowrites:SSE_GATEWAY_WRITE_PATH=stepped`` (wrk, 16
+connections, one gateway process, 2026-12-07, bench/results/20261207-publish-ab.txt): 89.0 µs of gateway CPU per
+publish with two writes, 80.7 µs with one, and 11,039 against 12,219 publishes a second. ``SSE_GATEWAY_WRITE_PATH``
+other than ``direct`` switches it off, with the streams' direct writes.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.types import Send
+
+try:
+    from uvicorn.protocols.http.httptools_impl import STATUS_LINE, RequestResponseCycle
+except ImportError:  # uvicorn without httptools: always two messages
+    RequestResponseCycle = None
+
+JSON_TYPE = (b"content-type", b"application/json")
+
+
+def json_line(content: object) -> bytes:
+    """JSON on one line ending in a newline, as errors.JSONLine renders it."""
+    return json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode() + b"\n"
+
+
+async def send_json(send: Send, status: int, content: object, *, one_write: bool = True) -> None:
+    body = json_line(content)
+    length = str(len(body)).encode()
+    cycle = getattr(send, "__self__", None)
+    if one_write and _writable(cycle):
+        _write_whole(cycle, status, length, body)
+        return
+    await send({"type": "http.response.start", "status": status, "headers": [JSON_TYPE, (b"content-length", length)]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _writable(cycle: Any) -> bool:
+    """Whether ``cycle`` is uvicorn's httptools response, not started, on a connection that takes writes now."""
+    if RequestResponseCycle is None or type(cycle) is not RequestResponseCycle:
+        return False
+    try:
+        return (
+            cycle.response_started is False
+            and cycle.disconnected is False
+            and cycle.flow.write_paused is False
+            and not cycle.access_log  # uvicorn's own access line, which the gateway turns off: its send writes it
+            and cycle.scope["method"] != "HEAD"
+        )
+    except (AttributeError, KeyError):
+        return False
+
+
+def _write_whole(cycle: Any, status: int, length: bytes, body: bytes) -> None:
+    # What uvicorn's send does for a start and a last body with a content-length, in one write.
+    head = [STATUS_LINE[status]]
+    for name, value in (*cycle.default_headers, JSON_TYPE, (b"content-length", length)):
+        head += [name, b": ", value, b"\r\n"]
+    if not cycle.keep_alive:
+        head.append(b"connection: close\r\n")
+    head += [b"\r\n", body]
+    cycle.response_started = True
+    cycle.waiting_for_100_continue = False
+    cycle.transport.write(b"".join(head))
+    cycle.response_complete = True
+    cycle.message_event.set()
+    if not cycle.keep_alive:
+        cycle.transport.close()
+    cycle.on_response()

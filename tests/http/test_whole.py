@@ -1,0 +1,116 @@
+"""A short JSON answer in one write under uvicorn's httptools protocol (gateway.http.whole), on a real uvicorn."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from gateway.http.whole import send_json
+from tests.servers import ThreadedServer
+
+writes: list[bytes] = []  # what the app's answers wrote to their transports, in order
+
+
+class CountingTransport:
+    """uvicorn's transport, with every write recorded."""
+
+    def __init__(self, transport) -> None:
+        self._transport = transport
+
+    def write(self, data: bytes) -> None:
+        writes.append(data)
+        self._transport.write(data)
+
+    def __getattr__(self, name: str):
+        return getattr(self._transport, name)
+
+
+async def app(scope, receive, send) -> None:
+    if scope["type"] != "http":
+        return
+    while (await receive()).get("more_body"):
+        pass
+    cycle = send.__self__
+    cycle.transport = CountingTransport(cycle.transport)
+    # uvicorn's own access log off, as the gateway runs it (pytest's log capture would turn it on here), but where
+    # a test asks for it: its line is written by uvicorn's send, so the answer must go through that.
+    cycle.access_log = scope["path"] == "/logged"
+    if scope["path"] == "/wrapped":
+        original = send
+
+        async def send(message) -> None:  # as the access log's or CORS's wrapper would
+            await original(message)
+
+    await send_json(send, 201, {"channel": "é", "id": "1-0"}, one_write=scope["path"] != "/two")
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ThreadedServer]:
+    with ThreadedServer(app, access_log=False) as running:
+        yield running
+
+
+def test_the_answer_is_one_write_and_the_connection_serves_the_next_request(server):
+    with httpx.Client(base_url=server.url) as client:
+        for _ in range(3):  # on one kept-alive connection: each response was completed as uvicorn completes it
+            writes.clear()
+            response = client.post("/one", content=b"x")
+            assert response.status_code == 201
+            assert response.headers["content-type"] == "application/json"
+            assert (
+                response.content
+                == json.dumps({"channel": "é", "id": "1-0"}, ensure_ascii=False).replace(" ", "").encode() + b"\n"
+            )
+            assert int(response.headers["content-length"]) == len(response.content)
+            assert "date" in response.headers and "server" in response.headers, "uvicorn's default headers"
+            assert len(writes) == 1, writes
+
+
+@pytest.mark.parametrize("path", ["/two", "/wrapped", "/logged"])
+def test_switched_off_behind_a_wrapped_send_or_with_uvicorns_access_log_it_is_two_messages_with_the_same_answer(
+    server, path
+):
+    with httpx.Client(base_url=server.url) as client:
+        writes.clear()
+        response = client.post(path, content=b"x")
+        assert response.status_code == 201 and response.json() == {"channel": "é", "id": "1-0"}
+        assert len(writes) == 2, writes
+        assert client.post(path).status_code == 201, "the connection serves the next request"
+
+
+def test_a_client_that_asks_to_close_gets_connection_close_and_the_server_closes():
+    # The keep-alive timeout is longer than the socket's: only the answer's own close ends the read in time.
+    with (
+        ThreadedServer(app, access_log=False, timeout_keep_alive=120) as server,
+        socket.create_connection(("127.0.0.1", server.port)) as sock,
+    ):
+        writes.clear()
+        sock.settimeout(10)
+        sock.sendall(b"POST /one HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx")
+        received = b""
+        while chunk := sock.recv(65536):  # ends when the server closes the connection
+            received += chunk
+        head, _, body = received.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 201 Created\r\n")
+        assert b"\r\nconnection: close" in head.lower()
+        assert json.loads(body) == {"channel": "é", "id": "1-0"}
+        assert len(writes) == 1
+
+
+def test_pipelined_requests_are_each_answered_in_turn(server):
+    # uvicorn starts a pipelined request only when the response before it says it is complete.
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        writes.clear()
+        sock.settimeout(10)
+        request = b"POST /one HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx"
+        sock.sendall(request * 3)
+        received = b""
+        while received.count(b"HTTP/1.1 201 Created") < 3 or not received.endswith(b"}\n"):
+            chunk = sock.recv(65536)
+            assert chunk, f"the server closed the connection after {received!r}"
+            received += chunk
+        assert len(writes) == 3
