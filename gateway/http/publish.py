@@ -5,8 +5,9 @@ A publish is a short request that programs send by the thousand a second, so wha
 Starlette's stack (its error and exception middlewares, the router trying every route, the Request object) a publish
 cost the gateway about 300 µs of CPU, against 27 µs for Nchan. Here the path is matched once, the body read straight
 from ``receive``, and the answer written in one piece (gateway.http.whole): 344 µs down to 239 µs per publish
-(bench.publish, the same run's Nchan at 28 µs; the rest is uvicorn's own per-request cost, about 40 µs for a bare
-ASGI app on this machine, and Redis's side, see gateway.brokers.pipeline). Every documented behaviour is kept: auth,
+(bench.publish, 2026-12-02, the same run's Nchan at 28 µs; the rest was uvicorn's own per-request cost and Redis's
+side, see gateway.brokers.pipeline; today's figures, the floor under them and each step's cost are in the README's
+*Performance*, from bench.publish and bench.publish_steps). Every documented behaviour is kept: auth,
 the publish rate, the body limit, the same JSON errors and headers, the metrics, and the access log and CORS, which
 wrap this front as they wrap the app (gateway.app). Anything else, a GET on these paths included, goes on to the
 Starlette app.
