@@ -100,13 +100,14 @@ async def test_concurrent_publishes_are_stored_in_call_order_each_with_its_own_i
         await broker.close()
 
 
+@pytest.mark.parametrize("merged", [False, True], ids=["one-script-call-each", "merged-by-channel"])
 async def test_one_publish_failing_in_redis_fails_alone_and_the_others_of_its_round_trip_are_stored(
-    own_redis, channels
+    own_redis, channels, merged
 ):
     raw = own_redis.client()
     broken = channels[0]
     raw.set(f"sse:{{{broken}}}:buffer", "not a stream")  # its XADD fails with WRONGTYPE inside the script
-    broker = broker_for(Settings(redis_url=own_redis.url, redis_cluster="off"))
+    broker = broker_for(Settings(redis_url=own_redis.url, redis_cluster="off", publish_merge=merged))
     try:
         calls = [(channels[n % 2], f"event {n}") for n in range(40)]
         results = await asyncio.gather(*(broker.publish(c, d) for c, d in calls), return_exceptions=True)
