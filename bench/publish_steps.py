@@ -18,7 +18,7 @@ import argparse
 import asyncio
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ import uvloop
 from starlette.requests import Request
 
 from bench.servers import Redis
+from bench.timing import best_us, run_now
 from gateway.app import create_app
 from gateway.brokers.naming import validate_channel
 from gateway.brokers.single import SingleNodeBroker
@@ -43,26 +44,6 @@ CHANNEL = "steps"
 BODY = b"x" * 64
 SECRET = "bench-secret-of-32-bytes-or-more!!"
 IN_FLIGHT = 16
-
-
-def run_now(coroutine: Coroutine[Any, Any, Any]) -> Any:
-    """Run a coroutine that finishes without waiting (the body read from a ``receive`` that has it)."""
-    try:
-        coroutine.send(None)
-    except StopIteration as end:
-        return end.value
-    coroutine.close()
-    raise RuntimeError("the step waited: it is not the path being measured")
-
-
-def best_us(step: Callable[[], object], publishes: int, rounds: int = 5) -> float:
-    best = float("inf")
-    for _ in range(rounds):
-        began = time.perf_counter()
-        for _ in range(publishes):
-            step()
-        best = min(best, (time.perf_counter() - began) / publishes * 1e6)
-    return best
 
 
 async def best_cpu_us(publish: Callable[[], Awaitable[object]], publishes: int, rounds: int = 5) -> float:

@@ -18,13 +18,11 @@ import asyncio
 import io
 import logging
 import tempfile
-import time
-from collections.abc import Callable, Coroutine
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
 
 from bench.servers import Redis
+from bench.timing import best_us, run_now
 from gateway.brokers.single import SingleNodeBroker
 from gateway.config import Settings
 from gateway.cursor import format_stream_id
@@ -41,26 +39,6 @@ from gateway.security.tokens import mint
 
 CHANNEL = "start"
 SECRET = "bench-secret-of-32-bytes-or-more!!"
-
-
-def run_now(coroutine: Coroutine[Any, Any, Any]) -> Any:
-    """Run a coroutine that finishes without waiting (as these steps do, the start known and the ring holding it)."""
-    try:
-        coroutine.send(None)
-    except StopIteration as end:
-        return end.value
-    coroutine.close()
-    raise RuntimeError("the step waited: it is not the path being measured")
-
-
-def best_us(step: Callable[[], object], starts: int, rounds: int = 5) -> float:
-    best = float("inf")
-    for _ in range(rounds):
-        began = time.perf_counter()
-        for _ in range(starts):
-            step()
-        best = min(best, (time.perf_counter() - began) / starts * 1e6)
-    return best
 
 
 async def measure(redis_url: str, starts: int) -> list[tuple[str, float]]:
