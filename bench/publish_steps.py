@@ -16,17 +16,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import uvloop
 from starlette.requests import Request
 
-from bench.servers import Redis
-from bench.timing import best_us, run_now
+from bench.timing import best_us, measured_beside_redis, print_steps, run_now
 from gateway.app import create_app
 from gateway.brokers.naming import validate_channel
 from gateway.brokers.single import SingleNodeBroker
@@ -150,16 +147,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.publish_steps", description=__doc__.split("\n")[0])
     parser.add_argument("--publishes", type=int, default=20_000, help="publishes per step and round (20,000)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as workdir:
-        redis = Redis(Path(workdir))
-        try:
-            results = uvloop.run(measure(redis.url, args.publishes))  # the gateway's loop
-        finally:
-            redis.stop()
-    width = max(len(name) for name, _ in results)
-    print(f"{'step'.ljust(width)}  µs per publish (best of 5 rounds of {args.publishes:,})")
-    for name, us in results:
-        print(f"{name.ljust(width)}  {us:6.2f}")
+    results = measured_beside_redis(measure, args.publishes, uvloop.run)  # the gateway's loop
+    print_steps(results, "publish", args.publishes)
 
 
 if __name__ == "__main__":

@@ -17,12 +17,9 @@ import argparse
 import asyncio
 import io
 import logging
-import tempfile
-from pathlib import Path
 from types import SimpleNamespace
 
-from bench.servers import Redis
-from bench.timing import best_us, run_now
+from bench.timing import best_us, measured_beside_redis, print_steps, run_now
 from gateway.brokers.single import SingleNodeBroker
 from gateway.config import Settings
 from gateway.cursor import format_stream_id
@@ -136,16 +133,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.stream_start", description=__doc__.split("\n")[0])
     parser.add_argument("--starts", type=int, default=20_000, help="starts per step and round (20,000)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as workdir:
-        redis = Redis(Path(workdir))
-        try:
-            results = asyncio.run(measure(redis.url, args.starts))
-        finally:
-            redis.stop()
-    width = max(len(name) for name, _ in results)
-    print(f"{'step'.ljust(width)}  µs per start (best of 5 rounds of {args.starts:,})")
-    for name, us in results:
-        print(f"{name.ljust(width)}  {us:6.2f}")
+    results = measured_beside_redis(measure, args.starts)
+    print_steps(results, "start", args.starts)
 
 
 if __name__ == "__main__":
