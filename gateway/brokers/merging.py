@@ -23,7 +23,7 @@ from gateway.brokers.batch import EVENTS_PER_CALL
 if TYPE_CHECKING:
     from gateway.brokers.buffer import ScriptCall
 
-BYTES_PER_CALL = 1 << 20  # the data of one script call, so that merging never makes one script run long
+BYTES_PER_CALL = 1 << 20  # the data of one script call (in characters), so that merging never makes a script run long
 SINGLE_EVENT_ARGS = 6  # maxlen, max age, type, data, idle expiry, mode (publish.lua)
 
 Merged = tuple["ScriptCall", list[int]]  # a script call and the indexes of the calls it carries
@@ -32,22 +32,25 @@ Merged = tuple["ScriptCall", list[int]]  # a script call and the indexes of the 
 def merge(calls: list[ScriptCall]) -> list[Merged]:
     """The script calls that carry ``calls``: those of one channel (and the same limits) merged, in order."""
     merged: list[Merged] = []
-    open_call: dict[tuple[Any, ...], tuple[int, int]] = {}  # the call still taking events, and its data size
+    # By channel (its keys): the call still taking its events, what it was made for, and its data so far.
+    open_call: dict[tuple[str, ...], tuple[int, tuple[Any, ...], int]] = {}
     for n, (keys, args) in enumerate(calls):
+        channel = tuple(keys)
         if len(args) != SINGLE_EVENT_ARGS:
-            merged.append(((keys, args), [n]))  # already a batch: it goes as it is
+            open_call.pop(channel, None)  # already a batch: it goes as it is, and the channel's later events after it
+            merged.append(((keys, args), [n]))
             continue
-        group = (*keys, *args[:2], *args[4:])
+        limits = (*args[:2], *args[4:])
         size = len(args[3])
-        if group in open_call:
-            at, taken = open_call[group]
+        if channel in open_call:
+            at, its_limits, taken = open_call[channel]
             (_, merged_args), indexes = merged[at]
-            if len(indexes) < EVENTS_PER_CALL and taken + size <= BYTES_PER_CALL:
+            if its_limits == limits and len(indexes) < EVENTS_PER_CALL and taken + size <= BYTES_PER_CALL:
                 merged_args += [args[2], args[3]]
                 indexes.append(n)
-                open_call[group] = at, taken + size
+                open_call[channel] = at, limits, taken + size
                 continue
-        open_call[group] = len(merged), size
+        open_call[channel] = len(merged), limits, size
         merged.append(((keys, list(args)), [n]))
     return merged
 
