@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from gateway.brokers.batch import EVENTS_PER_CALL
+from gateway.brokers.batch import EVENTS_PER_CALL, Pending  # a script call and the indexes of the calls it carries
 
 if TYPE_CHECKING:
     from gateway.brokers.buffer import ScriptCall
@@ -26,12 +26,10 @@ if TYPE_CHECKING:
 BYTES_PER_CALL = 1 << 20  # the data of one script call (in characters), so that merging never makes a script run long
 SINGLE_EVENT_ARGS = 6  # maxlen, max age, type, data, idle expiry, mode (publish.lua)
 
-Merged = tuple["ScriptCall", list[int]]  # a script call and the indexes of the calls it carries
 
-
-def merge(calls: list[ScriptCall]) -> list[Merged]:
+def merge(calls: list[ScriptCall]) -> list[Pending]:
     """The script calls that carry ``calls``: those of one channel (and the same limits) merged, in order."""
-    merged: list[Merged] = []
+    merged: list[Pending] = []
     # By channel (its keys): the call still taking its events, what it was made for, and its data so far.
     open_call: dict[tuple[str, ...], tuple[int, tuple[Any, ...], int]] = {}
     for n, (keys, args) in enumerate(calls):
@@ -55,7 +53,7 @@ def merge(calls: list[ScriptCall]) -> list[Merged]:
     return merged
 
 
-def split(merged: list[Merged], results: list[Any], count: int) -> list[Any]:
+def split(merged: list[Pending], results: list[Any], count: int) -> list[Any]:
     """One result per original call, in order, from the result of each merged call."""
     out: list[Any] = [None] * count
     for (_, indexes), result in zip(merged, results, strict=True):
