@@ -96,7 +96,7 @@ class Settings:
     # chosen here to measure the others.
     write_path: str = setting(
         "direct",
-        "how live frames are written: direct (into uvicorn's transport), stepped (send run by hand), plain",
+        "how live frames (and publish answers) are written: direct (into uvicorn's transport), stepped, plain",
         choices=("direct", "stepped", "plain"),
     )
     send_timeout: float = setting(30.0, "seconds a client may accept no bytes before it is disconnected")

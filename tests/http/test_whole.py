@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import socket
+import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
+from gateway.http import whole
 from gateway.http.whole import send_json
 from tests.servers import ThreadedServer
 
 writes: list[bytes] = []  # what the app's answers wrote to their transports, in order
+watched: list[str] = []  # what a task waiting on receive() was told once the answer had gone (/watched)
 
 
 class CountingTransport:
@@ -45,7 +50,21 @@ async def app(scope, receive, send) -> None:
         async def send(message) -> None:  # as the access log's or CORS's wrapper would
             await original(message)
 
+    watching = asyncio.Event()
+
+    async def watch() -> dict:  # as a disconnect watcher waits, in receive(), for the client to leave
+        watching.set()
+        return await receive()
+
+    watcher = asyncio.ensure_future(watch()) if scope["path"] == "/watched" else None
+    if watcher is not None:
+        await watching.wait()  # it has run into receive() and waits there: the loop runs one task at a time
     await send_json(send, 201, {"channel": "é", "id": "1-0"}, one_write=scope["path"] != "/two")
+    if watcher is not None:
+        try:
+            watched.append((await asyncio.wait_for(watcher, 5))["type"])
+        except TimeoutError:
+            watched.append("still waiting 5 s after the answer")
 
 
 @pytest.fixture(scope="module")
@@ -114,3 +133,28 @@ def test_pipelined_requests_are_each_answered_in_turn(server):
             assert chunk, f"the server closed the connection after {received!r}"
             received += chunk
         assert len(writes) == 3
+
+
+def test_a_task_waiting_on_receive_is_told_at_once_that_the_response_is_complete(server):
+    # uvicorn's send wakes it; so must the one write, or a disconnect watcher would wait until the client left.
+    watched.clear()
+    with httpx.Client(base_url=server.url) as client:
+        writes.clear()
+        assert client.post("/watched", content=b"x").status_code == 201
+        assert len(writes) == 1, writes
+        deadline = time.monotonic() + 10
+        while not watched and time.monotonic() < deadline:  # the app records it after the answer: a bounded wait
+            time.sleep(0.01)
+        assert watched == ["http.disconnect"]
+
+
+def test_a_send_that_is_not_uvicorns_own_is_logged_once(server, caplog):
+    whole._declined.clear()  # once a process: as in one that has not yet declined (the tests above have)
+    with caplog.at_level(logging.INFO, logger="gateway.http.whole"), httpx.Client(base_url=server.url) as client:
+        for _ in range(3):
+            assert client.post("/wrapped", content=b"x").status_code == 201
+    declines = [r.getMessage() for r in caplog.records if r.name == "gateway.http.whole"]
+    assert declines == [
+        "JSON answers go as two ASGI messages, not one write: "
+        "the answer's send is not uvicorn's httptools send (a middleware wraps it, or another server)"
+    ]
