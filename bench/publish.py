@@ -176,14 +176,19 @@ def main() -> None:
     )
     args = parser.parse_args()
     extra_env = dict(item.split("=", 1) for item in args.gateway_env)
+    variants: list[tuple[str, dict[str, str]]] = []
+    for variant in args.variant:  # checked before any server starts
+        label, _, settings = variant.partition(":")
+        if not label or any("=" not in s for s in settings.split(",")) or label in dict(variants):
+            parser.error(f"--variant {variant!r}: give LABEL:KEY=VALUE[,KEY=VALUE], each label once")
+        variants.append((label, dict(s.split("=", 1) for s in settings.split(","))))
     workdir = Path(tempfile.mkdtemp(prefix="bench-publish-"))
     script = workdir / "post.lua"
     script.write_text(WRK_SCRIPT)
     redis = Redis(workdir)
     servers = [start(name, redis, workdir, extra_env) for name in args.servers.split(",")]
-    for variant in args.variant:
-        label, _, settings = variant.partition(":")
-        server = start("gateway1", redis, workdir, {**extra_env, **dict(s.split("=", 1) for s in settings.split(","))})
+    for label, settings in variants:
+        server = start("gateway1", redis, workdir, {**extra_env, **settings})
         server.name = f"gateway1-{label}"
         servers.append(server)
     results: list[dict] = []
