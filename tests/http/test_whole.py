@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 import socket
-import time
+import threading
 from collections.abc import Iterator
 
 import httpx
@@ -18,6 +18,7 @@ from tests.servers import ThreadedServer
 
 writes: list[bytes] = []  # what the app's answers wrote to their transports, in order
 watched: list[str] = []  # what a task waiting on receive() was told once the answer had gone (/watched)
+watch_ended = threading.Event()  # set once that is recorded
 
 
 class CountingTransport:
@@ -65,6 +66,7 @@ async def app(scope, receive, send) -> None:
             watched.append((await asyncio.wait_for(watcher, 5))["type"])
         except TimeoutError:
             watched.append("still waiting 5 s after the answer")
+        watch_ended.set()
 
 
 @pytest.fixture(scope="module")
@@ -138,13 +140,12 @@ def test_pipelined_requests_are_each_answered_in_turn(server):
 def test_a_task_waiting_on_receive_is_told_at_once_that_the_response_is_complete(server):
     # uvicorn's send wakes it; so must the one write, or a disconnect watcher would wait until the client left.
     watched.clear()
+    watch_ended.clear()
     with httpx.Client(base_url=server.url) as client:
         writes.clear()
         assert client.post("/watched", content=b"x").status_code == 201
         assert len(writes) == 1, writes
-        deadline = time.monotonic() + 10
-        while not watched and time.monotonic() < deadline:  # the app records it after the answer: a bounded wait
-            time.sleep(0.01)
+        assert watch_ended.wait(10), "the app records it after the answer"
         assert watched == ["http.disconnect"]
 
 
